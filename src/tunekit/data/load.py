@@ -1,0 +1,42 @@
+"""Read input files into Examples with every problem collected: the shared first step of check and prepare."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunekit.config import DataConfig
+from tunekit.data.formats import TaskWrap, to_examples
+from tunekit.data.problems import Problems
+from tunekit.data.readers import check_input_path, read_rows
+from tunekit.data.records import Example
+from tunekit.io import sha256_file
+
+
+@dataclass
+class Loaded:
+    examples: list[Example]
+    problems: Problems
+    rows_read: int = 0
+    file_hashes: dict[str, str] = field(default_factory=dict)
+
+
+def load_examples(paths: Sequence[Path], data: DataConfig) -> Loaded:
+    for path in paths:  # refuse unreadable paths before doing any work
+        check_input_path(path)
+    problems = Problems()
+    loaded = Loaded(examples=[], problems=problems)
+    wrap = TaskWrap(system_prompt=data.system_prompt, user_template=data.user_template)
+    for path in paths:
+        start = len(problems.items)
+        rows = read_rows(path, problems)
+        loaded.rows_read += len(rows)
+        loaded.file_hashes[str(path)] = sha256_file(path)
+        examples = to_examples(rows, problems, fmt=data.format, columns=data.columns, wrap=wrap)
+        if not rows and not problems.errors:
+            problems.error(str(path), 0, "no_examples", "no examples found", "one JSON object per line")
+        # Reading and converting report separately; show this file's problems in line order.
+        problems.items[start:] = sorted(problems.items[start:], key=lambda p: p.line)
+        loaded.examples.extend(examples)
+    return loaded

@@ -1,0 +1,47 @@
+"""The one internal record every input format is normalised to: a conversation with provenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Example:
+    """One training example as a list of chat messages, plus where it came from.
+
+    `messages` holds dicts with exactly `role` and `content`, the shape chat templates expect.
+    `label` is set for task data whose answer is one of a small label set (classification).
+    """
+
+    messages: list[dict[str, str]]
+    source: str = "<memory>"
+    line: int = 0
+    label: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+    def text_of(self, role: str) -> str:
+        return "\n".join(m["content"] for m in self.messages if m["role"] == role)
+
+    @property
+    def prompt_text(self) -> str:
+        """Everything the model is given (system and user turns): the key for leakage checks."""
+        return "\n".join(m["content"] for m in self.messages if m["role"] != "assistant")
+
+    @property
+    def full_text(self) -> str:
+        return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"messages": self.messages}
+        if self.label is not None:
+            row["label"] = self.label
+        if self.meta:
+            row["meta"] = self.meta
+        return row
