@@ -88,20 +88,47 @@ class DataConfig(Section):
 
 
 class MethodConfig(Section):
-    name: Literal["full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "freeze"] = "lora"
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] | str = "all-linear"
+    """Options of every method in one flat section (so `method.r=8` works); each method validates the
+    ones it uses, against the real model's architecture, before any weights load."""
+
+    name: str = Field("lora", description="full, lora, qlora, dora, ia3, prefix, prompt, freeze")
+    r: int = Field(16, description="LoRA/DoRA/QLoRA rank")
+    alpha: int = Field(32, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = Field("all-linear", description="module names, or all-linear")
+    num_virtual_tokens: int = Field(20, description="prefix and prompt tuning: virtual tokens")
+    prompt_init_text: str | None = Field(None, description="prompt tuning: initialise from this text")
+    trainable_layers: int = Field(2, description="freeze: train only the last N decoder layers")
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
 
 
 class TrainingConfig(Section):
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="passes over train; max_steps wins when set")
     max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, ge=1, description="examples per micro-batch, per process")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    learning_rate: float | None = Field(None, gt=0, description="default: 2e-4 for adapters, 2e-5 for full")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 42
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 where native")
+    group_by_length: bool = Field(True, description="batch similar lengths together: little padding")
+    gradient_checkpointing: bool = False
+    num_threads: int | None = Field(None, ge=1, description="default: one per core")
+    eval_every: int | None = Field(None, ge=1, description="validation loss every N steps (default: 10/run)")
+    early_stopping_patience: int | None = Field(None, ge=1, description="evals without improvement")
+    save_every: int | None = Field(None, ge=1, description="checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = Field(2, ge=1)
+    resume: Literal["auto", "never"] | str = Field("never", description="auto, never, or a checkpoint path")
+    log_every: int = Field(1, ge=1)
+    answer_eval_every: int | None = Field(None, ge=1, description="generate on validation every N steps")
+    answer_eval_samples: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    tensorboard: bool = False
+    mlflow_uri: str | None = Field(None, description="e.g. sqlite:///mlflow.db or a folder")
 
 
 class EvalConfig(Section):

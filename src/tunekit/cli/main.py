@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from tunekit.cli import data, init, models
+from tunekit.cli import chat, data, init, merge, models, train
 from tunekit.cli.console import err_console
 from tunekit.errors import UserError
 
@@ -24,6 +24,9 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
 app.command("init")(init.init)
+app.command("train")(train.train)
+app.command("merge")(merge.merge)
+app.command("chat")(chat.chat)
 
 
 def run() -> None:

@@ -1,0 +1,89 @@
+"""`tunekit train`: fine-tune on the prepared data; one process, or several through accelerate/torchrun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tunekit.cli.console import console, err_console
+from tunekit.config import load_config
+from tunekit.errors import UserError
+
+
+def train(
+    config: Path = typer.Argument(..., help="project YAML"),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides"),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, help="training processes (DDP)"),
+    accelerate_config: Path | None = typer.Option(None, "--accelerate-config", help="DDP/FSDP/DeepSpeed config"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint"),
+    reproduce: Path | None = typer.Option(None, "--reproduce", help="repeat RUN and report whether it matches"),
+) -> None:
+    """Fine-tune the config's model with its method on the prepared data."""
+    overrides = list(overrides or [])
+    if resume:
+        overrides.append("training.resume=auto")
+    if reproduce is not None:
+        overrides += _reproduce_overrides(reproduce)
+    cfg = load_config(config, overrides)
+    from tunekit.train.setup import validate_method
+
+    validate_method(cfg)  # bad method options fail here, before any process or weights load
+    if num_processes > 1 or accelerate_config is not None:
+        from tunekit.train.launch import launch
+
+        code = launch(config, overrides, num_processes, accelerate_config)
+        if code:
+            raise typer.Exit(code)
+    else:
+        from tunekit.train.trainer import train as run_training
+
+        with ProgressBar() as progress:
+            run_training(cfg, say=lambda msg: err_console.print(msg, highlight=False), progress=progress)
+    _report(cfg.run_path(), reproduce)
+
+
+def _reproduce_overrides(run: Path) -> list[str]:
+    if not (run / "manifest.json").is_file():
+        raise UserError("not a finished tunekit run (no manifest.json)", where=str(run))
+    return [f"run_dir={run.resolve()}-reproduce", "training.resume=never"]
+
+
+class ProgressBar(Progress):
+    """Loss, learning rate, tokens/s and ETA on one line."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
+            TextColumn("{task.fields[tps]:.0f} tok/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=err_console,
+        )
+
+    def add_task(self, *args, **kwargs):  # type: ignore[override]
+        kwargs.setdefault("loss", float("nan"))
+        kwargs.setdefault("lr", 0.0)
+        kwargs.setdefault("tps", 0.0)
+        return super().add_task(*args, **kwargs)
+
+
+def _report(run_dir: Path, reproduce: Path | None) -> None:
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        return
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    console.print(
+        f"trained {summary['method']} for {summary['steps']} steps: train loss {summary['final_train_loss']}, "
+        f"validation loss {summary['final_val_loss']}, {summary['useful_tokens_per_s']} useful tokens/s, "
+        f"peak RSS {summary['peak_rss_mb']:.0f} MB"
+    )
+    console.print(f"run folder: {run_dir}")
+    if reproduce is not None:
+        from tunekit.train.manifest import compare_runs
+
+        comparison = compare_runs(reproduce, run_dir)
+        console.print_json(data=comparison)
+        if not comparison["matches"]:
+            raise typer.Exit(1)

@@ -1,0 +1,25 @@
+"""Full fine-tuning: every weight trains. The strongest and the most memory-hungry method (weights, grads
+and two AdamW moments: ~16 bytes per parameter in fp32)."""
+
+from __future__ import annotations
+
+import torch
+
+from tunekit.config import MethodConfig
+from tunekit.methods.base import Method, ModelArch, set_trainable
+from tunekit.methods.registry import register
+
+
+@register
+class Full(Method):
+    name = "full"
+    uses_peft = False
+    summary = "train every weight"
+
+    def validate(self, opts: MethodConfig, arch: ModelArch) -> None:
+        # No method.* option applies; the adapter options keep their defaults and are ignored.
+        return None
+
+    def apply(self, model: torch.nn.Module, opts: MethodConfig, arch: ModelArch) -> torch.nn.Module:
+        set_trainable(model, lambda name: True)
+        return model

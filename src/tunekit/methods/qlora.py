@@ -1,0 +1,76 @@
+"""QLoRA (Dettmers et al. 2023): the base model loaded in 4-bit NF4 (double-quantized constants), LoRA
+adapters trained in the compute dtype on top. Cuts weight memory ~4x; bitsandbytes >= 0.45 runs NF4 on
+CPU too (slower per step than fp32 LoRA there: every matmul dequantizes).
+
+bitsandbytes 0.50 CPU pitfall, worked around in `apply`: on CPUs with AVX512-BF16, the first eval-mode,
+no-grad forward (a validation pass) repacks each 4-bit weight into an inference layout, for good, and the
+kernel it then uses (gemv_4bit) has no autograd: later training steps silently drop the gradient through
+every frozen 4-bit layer, so all but the last adapters get wrong gradients (measured: off by ~50%)."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+
+from tunekit.config import MethodConfig
+from tunekit.errors import ConfigError
+from tunekit.methods.base import Method, ModelArch
+from tunekit.methods.lora import lora_config, validate_lora, wrap
+from tunekit.methods.registry import register
+
+
+@register
+class QLora(Method):
+    name = "qlora"
+    uses_peft = True
+    summary = "LoRA on a 4-bit (NF4) quantized base model"
+
+    def validate(self, opts: MethodConfig, arch: ModelArch) -> None:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError(
+                "qlora needs the bitsandbytes package, which is not installed",
+                where="method.name",
+                fix="pip install 'tunekit[qlora]', or use method.name=lora",
+            )
+        if opts.quant_type not in ("nf4", "fp4"):  # the config's Literal already enforces it; belt and braces
+            raise ConfigError(f"got {opts.quant_type!r}", where="method.quant_type", fix="nf4 or fp4")
+        validate_lora(opts, arch)
+
+    def load_kwargs(self, opts: MethodConfig, dtype: torch.dtype) -> dict[str, Any]:
+        from transformers import BitsAndBytesConfig
+
+        return {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=opts.quant_type,
+                bnb_4bit_use_double_quant=opts.double_quant,
+                bnb_4bit_compute_dtype=dtype,  # adapters and activations run in the trainer's dtype
+            )
+        }
+
+    def apply(self, model: torch.nn.Module, opts: MethodConfig, arch: ModelArch) -> torch.nn.Module:
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the base, casts the remaining non-quantized weights (norms, embeddings) to fp32 for stable
+        # training and makes inputs require grad. Checkpointing is the trainer's call, not the method's.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        keep_trainable_layout(model)
+        return wrap(model, lora_config(opts, arch))
+
+
+def keep_trainable_layout(model: torch.nn.Module) -> None:
+    """Turn off bitsandbytes' CPU inference repacking (see the module doc), undoing it if it already ran."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        module.support_avx512bf16_for_cpu = False  # the only switch forward() consults before repacking
+        state = getattr(module.weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                module.weight.data, state
+            )

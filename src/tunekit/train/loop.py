@@ -1,0 +1,159 @@
+"""The training loop, on accelerate: one CPU, one GPU, or several processes (DDP, FSDP, DeepSpeed)
+with the same code. Loss is averaged over supervised tokens of the whole optimizer step, across
+micro-batches and processes, so gradient accumulation and data parallelism give the same update."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tunekit.errors import UserError
+from tunekit.train.batches import Features, batch_order, collate
+from tunekit.train.checkpoint import TrainState
+from tunekit.train.loss import supervised_loss_sum
+
+EVAL_BATCH = 8
+
+
+class TrainingStopped(UserError):
+    """The run stopped on purpose (diverged, interrupted); the last good checkpoint is kept."""
+
+    exit_code = 1
+
+
+class SupervisedLM(torch.nn.Module):
+    """Wraps the model so that DDP sees the forward that computes the loss (hooks stay intact)."""
+
+    def __init__(self, model: torch.nn.Module, direct: bool):
+        super().__init__()
+        self.model = model
+        self.direct = direct
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Any:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        loss_sum, count = supervised_loss_sum(self.model, batch, direct=self.direct)
+        return loss_sum, torch.tensor(count, dtype=torch.long)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    supervised: int
+    tokens: int
+    grad_norm: float | None
+
+
+class StepRunner:
+    """Runs optimizer steps: micro-batch selection, accumulation, clipping, the NaN guard."""
+
+    def __init__(self, accelerator: Any, wrapped: Any, optimizer: Any, scheduler: Any, features: list[Features],
+                 *, batch_size: int, grad_accum: int, seed: int, group_by_length: bool, pad_id: int,
+                 max_grad_norm: float | None, autocast: Any):
+        self.acc, self.wrapped, self.opt, self.sched = accelerator, wrapped, optimizer, scheduler
+        self.features, self.batch_size, self.grad_accum = features, batch_size, grad_accum
+        self.seed, self.group_by_length, self.pad_id = seed, group_by_length, pad_id
+        self.max_grad_norm, self.autocast = max_grad_norm, autocast
+        self.lengths = [len(f) for f in features]
+        self.per_step = grad_accum * accelerator.num_processes
+        self._epoch_batches: dict[int, list[list[int]]] = {}
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self._batches(0)) // self.per_step)
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._epoch_batches:
+            self._epoch_batches = {epoch: batch_order(
+                self.lengths, self.batch_size, self.seed, epoch, self.group_by_length
+            )}
+        return self._epoch_batches[epoch]
+
+    def step(self, state: TrainState) -> StepResult:
+        batches = self._batches(state.epoch)
+        group = batches[state.batch_in_epoch : state.batch_in_epoch + self.per_step]
+        if len(group) < self.per_step and len(batches) >= self.per_step:  # drop the ragged end
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            return self.step(state)
+        mine = group[self.acc.process_index :: self.acc.num_processes] or group[:1]
+        micro = [collate([self.features[i] for i in idx], self.pad_id) for idx in mine]
+        local_count = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        global_count = int(self.acc.reduce(torch.tensor(local_count), reduction="sum"))
+        # DDP averages gradients over processes; scale so the result is the mean over all tokens.
+        scale = self.acc.num_processes / max(global_count, 1)
+        loss_total = torch.zeros(())
+        for k, batch in enumerate(micro):
+            sync = k == len(micro) - 1
+            context = self.acc.no_sync(self.wrapped) if not sync else _null()
+            with context, self.autocast:
+                loss_sum, _ = self.wrapped(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            self.acc.backward(loss_sum * scale)
+            loss_total += loss_sum.detach().float()
+        loss = float(self.acc.reduce(loss_total, reduction="sum")) / max(global_count, 1)
+        if not math.isfinite(loss):
+            self.opt.zero_grad(set_to_none=True)
+            raise TrainingStopped(
+                f"loss became {loss} at step {state.step + 1}; weights were not updated",
+                fix="lower training.learning_rate or check the data; resume from the last checkpoint",
+            )
+        grad_norm = None
+        if self.max_grad_norm:
+            params = [p for p in self.wrapped.parameters() if p.requires_grad]
+            grad_norm = float(self.acc.clip_grad_norm_(params, self.max_grad_norm))
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        tokens = int(self.acc.reduce(torch.tensor(sum(int(b["attention_mask"].sum()) for b in micro)), "sum"))
+        state.step += 1
+        state.batch_in_epoch += self.per_step
+        state.tokens += tokens
+        state.supervised_tokens += global_count
+        if state.batch_in_epoch + self.per_step > len(batches):
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        return StepResult(loss, global_count, tokens, grad_norm)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+@torch.no_grad()
+def validation_loss(acc: Any, wrapped: Any, features: list[Features], pad_id: int, autocast: Any) -> float | None:
+    if not features:
+        return None
+    wrapped.eval()
+    order = sorted(range(len(features)), key=lambda i: len(features[i]))
+    batches = [order[i : i + EVAL_BATCH] for i in range(0, len(order), EVAL_BATCH)]
+    total, count = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    for idx in batches[acc.process_index :: acc.num_processes]:
+        batch = collate([features[i] for i in idx], pad_id)
+        with autocast:
+            loss_sum, n = wrapped(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        total += loss_sum.float()
+        count += n
+    wrapped.train()
+    total, count = acc.reduce(total, "sum"), acc.reduce(count, "sum")
+    return float(total) / max(int(count), 1)
+
+
+class Throughput:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.tokens = 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.elapsed, 1e-9)

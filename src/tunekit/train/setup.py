@@ -1,0 +1,100 @@
+"""Everything a run needs before its first step, validated in the order that fails fastest:
+config and method options against the architecture (no weights), then data, then the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunekit.config import ProjectConfig
+from tunekit.data import DATA_DIR
+from tunekit.devices import DeviceInfo, attention_implementation, pick_device
+from tunekit.train.batches import Features, encode_all, read_split
+
+DEFAULT_LR = {"full": 2e-5, "freeze": 5e-5}
+
+
+@dataclass
+class RunSetup:
+    cfg: ProjectConfig
+    run_dir: Path
+    device: DeviceInfo
+    method: Any
+    arch: Any
+    model_path: Path
+    tokenizer: Any
+    model: torch.nn.Module
+    train: list[Features]
+    validation: list[Features]
+    learning_rate: float
+
+    @property
+    def peft_model(self) -> Any:
+        return self.model if self.method.uses_peft else None
+
+
+def validate_method(cfg: ProjectConfig) -> tuple[Any, Any, Any]:
+    """Method options against the model's architecture, before any weights load."""
+    from tunekit.methods import get_method
+    from tunekit.methods.base import inspect_architecture
+    from tunekit.models.resolve import resolve_model
+
+    from tunekit.methods.base import check_gradient_checkpointing
+
+    method = get_method(cfg.method.name)
+    check_gradient_checkpointing(method, cfg.training.gradient_checkpointing)
+    resolved = resolve_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+    arch = inspect_architecture(resolved.path, trust_remote_code=cfg.model.trust_remote_code)
+    method.validate(cfg.method, arch)
+    return method, arch, resolved
+
+
+def ensure_prepared(cfg: ProjectConfig, tokenizer: Any, say: Any) -> Path:
+    data_dir = cfg.run_path() / DATA_DIR
+    if not (data_dir / "train.jsonl").exists():
+        from tunekit.data.prepare import prepare
+
+        say(f"no prepared data in {data_dir}; running `tunekit data prepare` first")
+        prepare(cfg, tokenizer)
+    return data_dir
+
+
+def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
+    from tunekit.data.tokenize import ensure_chat_template
+    from tunekit.models.load import load_model, load_tokenizer
+
+    method, arch, resolved = validate_method(cfg)
+    device = pick_device(cfg.training.dtype)
+    tokenizer = load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
+    ensure_chat_template(tokenizer)
+    data_dir = ensure_prepared(cfg, tokenizer, say)
+    encode_opts = {
+        "max_seq_len": cfg.model.max_seq_len,
+        "loss_on": cfg.data.loss_on,
+        "truncation": "truncate_left" if cfg.data.too_long == "drop" else cfg.data.too_long,
+    }
+    train = encode_all(read_split(data_dir / "train.jsonl"), tokenizer, **encode_opts)
+    validation = encode_all(read_split(data_dir / "validation.jsonl"), tokenizer, **encode_opts)
+    if not train:
+        from tunekit.errors import UserError
+
+        raise UserError("no trainable examples in the train split", where=str(data_dir / "train.jsonl"))
+    # Frozen weights live in the compute dtype (half the memory, no per-step casts); weights that
+    # train, and every weight of full fine-tuning, stay fp32 so small updates are not rounded away.
+    storage = device.dtype if method.uses_peft and method.name != "qlora" else torch.float32
+    model = load_model(
+        resolved, dtype=storage, trust_remote_code=cfg.model.trust_remote_code,
+        attn_implementation=attention_implementation(device), **method.load_kwargs(cfg.method, device.dtype),
+    )
+    model.config.use_cache = False
+    if cfg.training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = method.apply(model, cfg.method, arch)
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    lr = cfg.training.learning_rate or DEFAULT_LR.get(method.name, 2e-4)
+    return RunSetup(cfg, cfg.run_path(), device, method, arch, resolved.path, tokenizer, model, train, validation, lr)

@@ -1,0 +1,207 @@
+"""`tunekit train`: prepared data in, a fine-tuned adapter (or model) and a complete run folder out."""
+
+from __future__ import annotations
+
+import resource
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunekit.config import ProjectConfig, dump_config
+from tunekit.devices import tune_cpu
+from tunekit.io import atomic_dir, write_json_atomic, write_text_atomic
+from tunekit.train.checkpoint import TrainState, find_resume_point, load_checkpoint, save_checkpoint
+from tunekit.train.loop import StepRunner, SupervisedLM, Throughput, TrainingStopped, validation_loss
+from tunekit.train.metrics import MetricsLogger, plot_loss_curve
+from tunekit.train.setup import RunSetup, build_run
+
+EVALS_PER_RUN = 10
+
+
+def train(cfg: ProjectConfig, say: Any = print, progress: Any = None) -> dict[str, Any]:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    threads = tune_cpu(cfg.training.num_threads)
+    set_seed(cfg.training.seed)
+    run = build_run(cfg, say)
+    acc = Accelerator(cpu=run.device.device.type == "cpu")
+    is_main = acc.is_main_process
+    if is_main:
+        say(f"{run.method.name} on {run.device.device.type} in {run.device.dtype_name} ({run.device.reason}); "
+            f"{threads} threads; {len(run.train)} train / {len(run.validation)} validation examples")
+    trainable = [p for p in run.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=run.learning_rate, weight_decay=cfg.training.weight_decay)
+    wrapped = SupervisedLM(run.model, direct=run.method.name not in ("prefix", "prompt"))
+    wrapped, optimizer = acc.prepare(wrapped, optimizer)
+    runner = StepRunner(
+        acc, wrapped, optimizer, None, run.train, batch_size=cfg.training.batch_size,
+        grad_accum=cfg.training.grad_accum, seed=cfg.training.seed, group_by_length=cfg.training.group_by_length,
+        pad_id=run.tokenizer.pad_token_id, max_grad_norm=cfg.training.max_grad_norm,
+        autocast=run.device.autocast(),
+    )
+    total_steps = cfg.training.max_steps or max(1, round(cfg.training.epochs * runner.steps_per_epoch()))
+    runner.sched = _scheduler(cfg, optimizer, total_steps)
+    state = _resume(cfg, run, wrapped, optimizer, runner.sched, say)
+    if is_main:
+        write_text_atomic(run.run_dir / "config.yaml", dump_config(cfg))
+    logger = MetricsLogger(
+        run.run_dir, tensorboard=cfg.training.tensorboard and is_main,
+        mlflow_uri=cfg.training.mlflow_uri if is_main else None, run_name=cfg.project,
+        params=cfg.model_dump(mode="json")["training"],
+    ) if is_main else None
+    try:
+        result = _loop(cfg, run, acc, wrapped, runner, state, total_steps, logger, say, progress)
+    finally:
+        if logger is not None:
+            logger.close()
+    if is_main:
+        _finish(run, acc, wrapped, result)
+    acc.wait_for_everyone()
+    return result
+
+
+def _scheduler(cfg: ProjectConfig, optimizer: Any, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.training.lr_scheduler]
+    warmup = round(cfg.training.warmup_ratio * total_steps)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def _resume(cfg: ProjectConfig, run: RunSetup, wrapped: Any, optimizer: Any, scheduler: Any, say: Any) -> TrainState:
+    point = find_resume_point(run.run_dir, cfg.training.resume)
+    if point is None:
+        (run.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+        return TrainState()
+    state = load_checkpoint(point, run.model, optimizer, scheduler)
+    _truncate_metrics(run.run_dir / "metrics.jsonl", state.step)
+    say(f"resumed from {point} at step {state.step}")
+    return state
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint, so the resumed log reads as one run."""
+    import json
+
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _loop(cfg: ProjectConfig, run: RunSetup, acc: Any, wrapped: Any, runner: StepRunner, state: TrainState,
+          total_steps: int, logger: MetricsLogger | None, say: Any, progress: Any) -> dict[str, Any]:
+    t = cfg.training
+    eval_every = t.eval_every or max(1, total_steps // EVALS_PER_RUN)
+    save_every = t.save_every or total_steps
+    speed = Throughput()
+    task = progress.add_task("training", total=total_steps, completed=state.step) if progress else None
+    stop_reason = "completed"
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    wrapped.train()
+    try:
+        while state.step < total_steps:
+            result = runner.step(state)
+            speed.add(result.tokens)
+            record = {"step": state.step, "epoch": state.epoch, "loss": round(result.loss, 5),
+                      "lr": runner.sched.get_last_lr()[0], "tokens": state.tokens,
+                      "tokens_per_s": round(speed.tokens_per_s, 1), "elapsed_s": round(speed.elapsed, 2)}
+            if result.grad_norm is not None:
+                record["grad_norm"] = round(result.grad_norm, 4)
+            if state.step % eval_every == 0 or state.step == total_steps:
+                record["val_loss"] = validation_loss(acc, wrapped, run.validation, runner.pad_id, runner.autocast)
+                if _early_stop(state, record["val_loss"], t.early_stopping_patience):
+                    stop_reason = "early_stopping"
+            if t.answer_eval_every and state.step % t.answer_eval_every == 0 and acc.is_main_process:
+                from tunekit.train.answer_eval import answer_accuracy
+
+                record.update(answer_accuracy(run, cfg))
+            state.history.append({k: v for k, v in record.items() if k in ("step", "loss", "val_loss")})
+            if logger is not None and (state.step % t.log_every == 0 or "val_loss" in record):
+                logger.log(record)
+            if progress is not None:
+                progress.update(task, completed=state.step, loss=result.loss, lr=record["lr"],
+                                tps=speed.tokens_per_s)
+            if state.step % save_every == 0 or stop_reason != "completed" or state.step == total_steps:
+                _save(run, acc, wrapped, runner, state)
+            if stop_reason != "completed":
+                break
+    except KeyboardInterrupt:
+        _save(run, acc, wrapped, runner, state)
+        raise TrainingStopped(
+            f"interrupted at step {state.step}; checkpoint saved", fix="continue with training.resume=auto"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return {"state": state, "speed": speed, "total_steps": total_steps, "stop_reason": stop_reason}
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _early_stop(state: TrainState, val_loss: float | None, patience: int | None) -> bool:
+    if val_loss is None:
+        return False
+    if state.best_val_loss is None or val_loss < state.best_val_loss:
+        state.best_val_loss, state.evals_without_improvement = val_loss, 0
+        return False
+    state.evals_without_improvement += 1
+    return patience is not None and state.evals_without_improvement >= patience
+
+
+def _save(run: RunSetup, acc: Any, wrapped: Any, runner: StepRunner, state: TrainState) -> None:
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        model = acc.unwrap_model(wrapped).model
+        save_checkpoint(run.run_dir, model, runner.opt, runner.sched, state, run.cfg.training.keep_checkpoints,
+                        peft_model=model if run.method.uses_peft else None)
+    acc.wait_for_everyone()
+
+
+def _finish(run: RunSetup, acc: Any, wrapped: Any, result: dict[str, Any]) -> None:
+    from tunekit.train.manifest import write_manifest
+
+    model = acc.unwrap_model(wrapped).model
+    target = run.run_dir / ("adapter" if run.method.uses_peft else "model")
+    with atomic_dir(target, replace=True) as tmp:
+        model.save_pretrained(str(tmp))
+    with atomic_dir(run.run_dir / "tokenizer", replace=True) as tmp:
+        run.tokenizer.save_pretrained(str(tmp))
+    plot_loss_curve(run.run_dir / "metrics.jsonl", run.run_dir / "loss_curve.png")
+    write_json_atomic(run.run_dir / "summary.json", summarize(run, result))
+    write_manifest(run)
+
+
+def summarize(run: RunSetup, result: dict[str, Any]) -> dict[str, Any]:
+    state, speed = result["state"], result["speed"]
+    history = state.history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    val_losses = [h["val_loss"] for h in history if h.get("val_loss") is not None]
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    return {
+        "method": run.method.name,
+        "base_model": run.cfg.model.name,
+        "steps": state.step,
+        "total_steps": result["total_steps"],
+        "stop_reason": result["stop_reason"],
+        "epochs_completed": state.epoch,
+        "tokens": state.tokens,
+        "supervised_tokens": state.supervised_tokens,
+        "useful_tokens_per_s": round(speed.tokens_per_s, 1),
+        "final_train_loss": train_losses[-1] if train_losses else None,
+        "final_train_loss_avg5": round(sum(train_losses[-5:]) / len(train_losses[-5:]), 5) if train_losses else None,
+        "final_val_loss": val_losses[-1] if val_losses else None,
+        "best_val_loss": state.best_val_loss,
+        "trainable_params": trainable,
+        "dtype": run.device.dtype_name,
+        "device": run.device.device.type,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "wall_s_this_session": round(speed.elapsed, 2),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
