@@ -318,6 +318,8 @@ PRIORITY_WEIGHTS: dict[str, list[float]] = {
     "feature_request": [1.0, 0.0, 0.0, 0.0],
     "how_to": [0.75, 0.25, 0.0, 0.0],
 }
+# Only these categories may name the product by a feature alone ("the kill switch feature crashes ...").
+FEATURE_REF_CATEGORIES = {"bug", "outage", "feature_request", "how_to"}
 # Categories whose default priority holds even without a cue sentence.
 CUE_OPTIONAL = {("feature_request", "low"), ("how_to", "low")}
 
@@ -356,7 +358,7 @@ EXTRAS: dict[str, list[str]] = {
     "account_access": [e for e in _TECH_EXTRAS if "logged out" not in e],
     "outage": _TECH_EXTRAS,
     "feature_request": ["I use it every day.", "A friend of mine asked for the same thing."],
-    "how_to": ["I checked the FAQ but couldn't find anything.", "I'm on version {ver}.", "This is on my {dev}."],
+    "how_to": ["I checked the FAQ but couldn't find anything.", "I'm on version {ver}.", "Device: {dev}."],
 }
 NOISE = ["Please help ASAP!!", "URGENT!!!", "This is really frustrating.", "Please fix this!",
          "I need an answer today.", "Very disappointed."]
@@ -381,11 +383,11 @@ SWAPS = {"Hi,": "Hello,", "Hello,": "Hi,", "Thanks.": "Thank you.", "Cheers.": "
          "Quick": "Short"}
 
 
-def _product_ref(rng: random.Random, prod: dict) -> str:
+def _product_ref(rng: random.Random, prod: dict, category: str) -> str:
     r = rng.random()
     if r < 0.65:
         return prod["name"]
-    if r < 0.87:
+    if r < 0.87 or category not in FEATURE_REF_CATEGORIES:
         return rng.choice(prod["nicks"])
     feat = rng.choice(prod["features"])
     return feat if feat.startswith("the ") else f"the {feat} feature"
@@ -425,7 +427,7 @@ def make_ticket(rng: random.Random) -> tuple[str, dict[str, str]]:
     priority = rng.choices(PRIORITIES, weights=PRIORITY_WEIGHTS[category])[0]
     first = rng.choice(FIRST_NAMES)
     slots = {
-        "p": _product_ref(rng, prod),
+        "p": _product_ref(rng, prod, category),
         "f": rng.choice(prod["features"]),
         "a": rng.choice(prod["actions"]),
         "n": rng.choice(prod["nouns"]),
@@ -469,7 +471,8 @@ def make_ticket(rng: random.Random) -> tuple[str, dict[str, str]]:
             body.append(f"You can reach me at {email}.")
         else:
             body.append(f"Call me on +1-555-01{rng.randint(0, 99):02d} if that's easier.")
-    if rng.random() < 0.45:
+    closed = rng.random() < 0.45
+    if closed:
         body.append(rng.choice(CLOSINGS))
 
     text = " ".join(body)
@@ -477,7 +480,8 @@ def make_ticket(rng: random.Random) -> tuple[str, dict[str, str]]:
     if rng.random() < 0.55:
         text = rng.choice(GREETINGS) + sep + text
     if rng.random() < 0.35:
-        sig = rng.choice(SIGNATURES).format(first=first, initial=rng.choice("ABCDEFGHJKLMNPRSTW"))
+        options = [sig for sig in SIGNATURES if not (closed and "," in sig)]
+        sig = rng.choice(options).format(first=first, initial=rng.choice("ABCDEFGHJKLMNPRSTW"))
         text = text + sep + sig
     text = _typos(rng, text)
     case = rng.random()

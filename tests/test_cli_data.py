@@ -86,18 +86,18 @@ def test_exit_codes_and_json_report(tmp_path):
     warn = write_jsonl(tmp_path / "warn.jsonl", [chat("same question", "a"), chat("same question", "a")])
     result = tunekit("data", "check", str(warn), "--no-tokens", "--json")
     assert result.returncode == 1
-    assert json.loads(result.stdout)["problem_counts"] == {"duplicate": 1}
+    assert json.loads(result.stdout)["problem_counts"]["duplicate"] == 1
 
 
 def test_token_lengths_with_a_real_tokenizer(tmp_path, tiny_model_dir):
     rows = [chat("short", "a"), chat("long " * 300, "b")]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    result = tunekit("data", "check", str(path), "--model", str(tiny_model_dir), "--set", "model.max_seq_len=64",
+    result = tunekit("data", "check", str(path), "--model", str(tiny_model_dir), "--set", "model.max_seq_len=200",
                      "--json")
     report = json.loads(result.stdout)
     assert report["token_lengths"]["over_max_seq_len"] == 1
     too_long = [p for p in report["problems"] if p["code"] == "too_long"]
-    assert too_long[0]["line"] == 2 and "max_seq_len 64" in too_long[0]["message"]
+    assert too_long[0]["line"] == 2 and "max_seq_len 200" in too_long[0]["message"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

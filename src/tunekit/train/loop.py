@@ -143,12 +143,16 @@ def validation_loss(acc: Any, wrapped: Any, features: list[Features], pad_id: in
 
 
 class Throughput:
+    """Tokens per second of training steps alone: evaluation and checkpoint time are not in it."""
+
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.tokens = 0
+        self.train_seconds = 0.0
 
-    def add(self, tokens: int) -> None:
+    def add(self, tokens: int, seconds: float) -> None:
         self.tokens += tokens
+        self.train_seconds += seconds
 
     @property
     def elapsed(self) -> float:
@@ -156,4 +160,4 @@ class Throughput:
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / max(self.elapsed, 1e-9)
+        return self.tokens / max(self.train_seconds, 1e-9)

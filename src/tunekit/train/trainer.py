@@ -106,8 +106,9 @@ def _loop(cfg: ProjectConfig, run: RunSetup, acc: Any, wrapped: Any, runner: Ste
     wrapped.train()
     try:
         while state.step < total_steps:
+            started = time.perf_counter()
             result = runner.step(state)
-            speed.add(result.tokens)
+            speed.add(result.tokens, time.perf_counter() - started)
             record = {"step": state.step, "epoch": state.epoch, "loss": round(result.loss, 5),
                       "lr": runner.sched.get_last_lr()[0], "tokens": state.tokens,
                       "tokens_per_s": round(speed.tokens_per_s, 1), "elapsed_s": round(speed.elapsed, 2)}
@@ -202,6 +203,7 @@ def summarize(run: RunSetup, result: dict[str, Any]) -> dict[str, Any]:
         "dtype": run.device.dtype_name,
         "device": run.device.device.type,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "wall_s_this_session": round(speed.elapsed, 2),
+        "train_s": round(speed.train_seconds, 2),
+        "wall_s": round(speed.elapsed, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

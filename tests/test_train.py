@@ -1,0 +1,176 @@
+"""Training end to end on the tiny model: run folder, PEFT format, resume, NaN stop, interrupts, merge."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_helpers import TUNEKIT, make_project, read_metrics, tunekit
+
+from tunekit.config import load_config
+from tunekit.train.loop import TrainingStopped
+from tunekit.train.trainer import train
+
+
+def run_in_process(config, *overrides):
+    cfg = load_config(config, list(overrides))
+    return cfg, train(cfg, say=lambda *_: None)
+
+
+def test_lora_run_folder_is_complete_and_peft_loadable(tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = make_project(tmp_path, tiny_model_dir)
+    result = tunekit("train", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "tokenizer/tokenizer.json",
+                 "config.yaml", "metrics.jsonl", "summary.json", "manifest.json", "loss_curve.png"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["useful_tokens_per_s"] > 0 and summary["peak_rss_mb"] > 0
+    assert summary["final_val_loss"] is not None
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["data"]["splits"]["train"]["sha256"] and len(manifest["chat_template_sha256"]) == 64
+    assert manifest["libraries"]["torch"].startswith("2.13")
+    losses = [m["loss"] for m in read_metrics(run) if "loss" in m]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    # PEFT's own loader, unmodified, takes the adapter.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(base, str(run / "adapter"))
+    trained = load_file(str(run / "checkpoints" / "step-000008" / "trainable.safetensors"))
+    state = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert len(state) == len(trained)
+    for name, tensor in trained.items():
+        assert torch.equal(state[name].float(), tensor.float()), name
+    assert str(run) in result.stdout
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "freeze"])
+def test_every_method_trains(tmp_path, tiny_model_dir, method):
+    config = make_project(tmp_path, tiny_model_dir)
+    cfg, result = run_in_process(config, f"method.name={method}", "training.max_steps=4", "method.trainable_layers=1")
+    assert result["state"].step == 4
+    assert (tmp_path / "run" / ("model" if method in ("full", "freeze") else "adapter")).is_dir()
+
+
+def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path, tiny_model_dir):
+    steps = "training.max_steps=150"
+    straight = make_project(tmp_path / "a", tiny_model_dir, extra="  save_every: 5\n")
+    assert tunekit("train", str(straight), steps).returncode == 0
+    killed = make_project(tmp_path / "b", tiny_model_dir, extra="  save_every: 5\n")
+    proc = subprocess.Popen([TUNEKIT, "train", str(killed), steps], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=os.environ.copy())
+    checkpoints = tmp_path / "b" / "run" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (checkpoints.is_dir() and any(p.name == "step-000010" for p in checkpoints.iterdir())):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "run" / "summary.json").exists(), "the run finished before it was killed"
+    resumed = tunekit("train", str(killed), steps, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    a = load_file(str(tmp_path / "a" / "run" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "run" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+    steps_logged = [m["step"] for m in read_metrics(tmp_path / "b" / "run") if "loss" in m]
+    assert steps_logged == list(range(1, 151))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    import tunekit.train.loop as loop
+
+    real = loop.supervised_loss_sum
+    calls = {"n": 0}
+
+    def poisoned(model, batch, direct):
+        calls["n"] += 1
+        loss, count = real(model, batch, direct=direct)
+        return (loss * float("nan"), count) if calls["n"] > 6 else (loss, count)
+
+    monkeypatch.setattr(loop, "supervised_loss_sum", poisoned)
+    config = make_project(tmp_path, tiny_model_dir, extra="  save_every: 2\n  eval_every: 100\n")
+    with pytest.raises(TrainingStopped, match="loss became nan at step 7"):
+        run_in_process(config)
+    names = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]
+    assert "step-000006" in names and not any(n > "step-000006" for n in names)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir):
+    config = make_project(tmp_path, tiny_model_dir, extra="  save_every: 3\n")
+    proc = subprocess.Popen([TUNEKIT, "train", str(config), "training.max_steps=100000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    checkpoints = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    assert "interrupted at step" in err and "Traceback" not in err
+    step = int(err.split("interrupted at step ")[1].split(";")[0])
+    assert (checkpoints / f"step-{step:06d}" / "trainable.safetensors").is_file()
+
+
+def test_early_stopping(tmp_path, tiny_model_dir, monkeypatch):
+    import tunekit.train.trainer as trainer
+
+    values = iter([1.0, 0.9, 0.95, 0.97, 0.99, 1.2, 1.3, 1.4])
+    monkeypatch.setattr(trainer, "validation_loss", lambda *a, **k: next(values))
+    config = make_project(tmp_path, tiny_model_dir, extra="  eval_every: 1\n  early_stopping_patience: 2\n")
+    _, result = run_in_process(config, "training.max_steps=8")
+    assert result["stop_reason"] == "early_stopping" and result["state"].step == 4
+
+
+def test_merge_writes_a_plain_model_that_answers_the_same(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    config = make_project(tmp_path, tiny_model_dir)
+    assert tunekit("train", str(config)).returncode == 0
+    result = tunekit("merge", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "match base+adapter" in result.stdout
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged")
+    assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_two_processes_match_one_with_double_accumulation(tmp_path, tiny_model_dir):
+    extra = "  batch_size: 2\n  max_steps: 6\n  eval_every: 3\n"
+    one = make_project(tmp_path / "one", tiny_model_dir, extra=extra)
+    two = make_project(tmp_path / "two", tiny_model_dir, extra=extra)
+    no_dropout = ["method.dropout=0", "training.dtype=fp32"]
+    r1 = tunekit("train", str(one), "training.grad_accum=2", *no_dropout)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    r2 = tunekit("train", str(two), "--num-processes", "2", *no_dropout)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    m1 = [m for m in read_metrics(tmp_path / "one" / "run") if "loss" in m]
+    m2 = [m for m in read_metrics(tmp_path / "two" / "run") if "loss" in m]
+    assert len(m1) == len(m2) == 6
+    for a, b in zip(m1, m2):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+        assert a["tokens"] == b["tokens"]
+
+
+def test_reproduce_reports_a_match(tmp_path, tiny_model_dir):
+    config = make_project(tmp_path, tiny_model_dir)
+    assert tunekit("train", str(config)).returncode == 0
+    result = tunekit("train", str(config), "--reproduce", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"matches": true' in result.stdout
+
+
+def test_bad_method_options_fail_before_loading(tmp_path, tiny_model_dir):
+    config = make_project(tmp_path, tiny_model_dir)
+    result = tunekit("train", str(config), "method.r=0")
+    assert result.returncode == 2 and "method.r" in result.stderr and "Traceback" not in result.stderr
+    result = tunekit("train", str(config), "method.target_modules=[q_proj, nope]")
+    assert result.returncode == 2 and "q_proj" in result.stderr
+    assert not (tmp_path / "run").exists()
