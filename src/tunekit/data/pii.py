@@ -204,11 +204,19 @@ def find_pii(text: str, kinds: Iterable[str] | None = None) -> list[PiiMatch]:
 
 def redact_pii(text: str, kinds: Iterable[str] | None = None, placeholder: str = "[{KIND}]") -> str:
     """Replace each match by `placeholder`, where {KIND} is the upper-case kind ([EMAIL], [CREDIT_CARD])
-    and {kind} the kind itself."""
-    parts: list[str] = []
-    pos = 0
-    for m in find_pii(text, kinds):
-        parts += (text[pos : m.start], placeholder.replace("{KIND}", m.kind.upper()).replace("{kind}", m.kind))
-        pos = m.end
-    parts.append(text[pos:])
-    return "".join(parts)
+    and {kind} the kind itself. Repeats until nothing more is found: removing a match can expose another at
+    the seam (`a@b.io4111...` only reads as an e-mail once the card is gone), and redaction must be idempotent."""
+    for _ in range(8):
+        parts: list[str] = []
+        pos = 0
+        for m in find_pii(text, kinds):
+            parts += (text[pos : m.start], placeholder.replace("{KIND}", m.kind.upper()).replace("{kind}", m.kind))
+            pos = m.end
+        if not parts:
+            break
+        parts.append(text[pos:])
+        redacted = "".join(parts)
+        if redacted == text:
+            break
+        text = redacted
+    return text
