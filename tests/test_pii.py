@@ -1,7 +1,8 @@
-"""PII detectors: true positives and tricky negatives per kind, redaction, and properties on arbitrary text."""
+"""PII detectors: true positives and tricky negatives per kind, redaction, properties on arbitrary text."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -61,7 +62,7 @@ def test_true_positives_in_context(kind: str, value: str) -> None:
 NEGATIVES = {
     "phone": [
         "The meeting is on 2024-01-15 at 12:30:45.", "Released in 2023, version 1.2.3 and 10.4.1.",
-        "It costs $1,234.56 or 12.99 EUR.", "Order 123456789 shipped.", "Score went +5 to 120 of 100 200 300.",
+        "It costs $1,234.56 or 12.99 EUR.", "Order 123456789 shipped.", "Score +5 to 120 of 100 200 300.",
         "ISBN 978-3-16-148410-0", "call 555-1234", "between 15.01.2024 and 20.01.2024",
     ],
     "credit_card": [
@@ -137,8 +138,9 @@ def test_redaction() -> None:
 
 # Text built from PII-ish fragments and separators, so the properties exercise seams between matches.
 _FRAGMENTS = st.sampled_from(
-    ["a@b.io", "x.y@mail.co.uk", "4111 1111 1111 1111", "4111111111111111", "+44 20 7946 0958", "(555) 123-4567",
-     "555-123-4567", "DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432", "192.168.0.1", "2001:db8::1",
+    ["a@b.io", "x.y@mail.co.uk", "4111 1111 1111 1111", "4111111111111111", "+44 20 7946 0958",
+     "(555) 123-4567", "555-123-4567", "DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432",
+     "192.168.0.1", "2001:db8::1",
      "AKIAIOSFODNN7EXAMPLE", "api_key=a8F3kq93LmZ0pQ7vX2rT", "1.2.3", "2024-01-15", "::", ".", "-", " ", "@",
      ":", "+", "1", "a", "[EMAIL]", "[PHONE]", "_", "=", "\n"]
 )
@@ -152,7 +154,7 @@ def test_find_pii_properties(text: str) -> None:
     for m in matches:
         assert m.kind in PII_KINDS
         assert 0 <= m.start < m.end <= len(text) and text[m.start : m.end] == m.text
-    for a, b in zip(matches, matches[1:]):
+    for a, b in itertools.pairwise(matches):
         assert a.end <= b.start
     once = redact_pii(text)
     assert redact_pii(once) == once
@@ -161,7 +163,8 @@ def test_find_pii_properties(text: str) -> None:
 def test_speed_sanity() -> None:
     """Not a benchmark (no timing assertion): 20k typical rows simply go through without pathologies."""
     rng = random.Random(0)
-    words = "the a model data we to of and in is for on with that this answer question 2023 3 v1.2 $5".split()
+    words = ["the", "a", "model", "data", "we", "to", "of", "and", "in", "is", "for", "on", "with", "that",
+             "answer", "question", "tokens", "key", "2023", "3", "v1.2", "$5", "(see", "e.g.", "10:30"]
     rows = [" ".join(rng.choice(words) for _ in range(40))[:200] for _ in range(20_000)]
     rows[::100] = ["reach me at jane@corp.com or +1 555 123 4567"] * len(rows[::100])
     hits = sum(bool(find_pii(row)) for row in rows)

@@ -174,3 +174,14 @@ def test_bad_method_options_fail_before_loading(tmp_path, tiny_model_dir):
     result = tunekit("train", str(config), "method.target_modules=[q_proj, nope]")
     assert result.returncode == 2 and "q_proj" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "freeze"])
+def test_every_method_trains_the_real_model(tmp_path, smollm2_dir, method):
+    config = make_project(tmp_path, smollm2_dir, n=60)
+    _, result = run_in_process(config, f"method.name={method}", "training.max_steps=3", "training.batch_size=2",
+                               "training.eval_every=3")
+    history = result["state"].history
+    assert result["state"].step == 3 and all(h["loss"] == h["loss"] for h in history)  # finite, not NaN
+    assert history[-1]["val_loss"] is not None

@@ -40,7 +40,7 @@ class SplitConfig(Section):
     validation: float = Field(0.1, ge=0.0, lt=1.0)
     test: float = Field(0.1, gt=0.0, lt=1.0)
     seed: int = 42
-    stratify: Literal["auto", "label", "none"] = "auto"
+    stratify: Literal["auto", "none"] = Field("auto", description="auto: by label or repeating answer")
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitConfig:

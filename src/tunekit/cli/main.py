@@ -13,6 +13,7 @@ import typer
 from tunekit.cli import chat, data, init, merge, models, train
 from tunekit.cli.console import err_console
 from tunekit.errors import UserError
+from tunekit.quiet import offline_and_quiet
 
 app = typer.Typer(
     name="tunekit",
@@ -30,6 +31,7 @@ app.command("chat")(chat.chat)
 
 
 def run() -> None:
+    offline_and_quiet()
     try:
         app()
     except UserError as exc:

@@ -45,13 +45,14 @@ def luhn_valid(digits: str) -> bool:
 
 # IBAN length per country (ISO 13616 registry); others fall back to 15..34.
 _IBAN_LENGTHS = {
-    e[:2]: int(e[2:])
-    for e in (
+    country: int(n)
+    for country, n in re.findall(
+        r"([A-Z]{2})(\d\d)",
         "AD24 AE23 AL28 AT20 AZ28 BA20 BE16 BG22 BH22 BR29 BY28 CH21 CR22 CY28 CZ24 DE22 DK18 DO28 EE20 EG29 "
         "ES24 FI18 FO18 FR27 GB22 GE22 GI23 GL18 GR27 GT28 HR21 HU28 IE22 IL23 IQ23 IS26 IT27 JO30 KW30 KZ20 "
         "LB28 LC32 LI21 LT20 LU20 LV21 MC27 MD24 ME22 MK19 MR27 MT31 MU30 NL18 NO15 PK24 PL28 PS29 PT25 QA29 "
-        "RO24 RS22 SA24 SC31 SE24 SI19 SK24 SM27 TL23 TN24 TR26 UA29 VA22 VG24 XK20"
-    ).split()
+        "RO24 RS22 SA24 SC31 SE24 SI19 SK24 SM27 TL23 TN24 TR26 UA29 VA22 VG24 XK20",
+    )
 }
 
 
@@ -61,7 +62,7 @@ def iban_valid(candidate: str) -> bool:
     if not (iban.isascii() and iban.isalnum() and iban[:2].isalpha() and iban[2:4].isdigit()):
         return False
     expected = _IBAN_LENGTHS.get(iban[:2])
-    if len(iban) != expected if expected else not 15 <= len(iban) <= 34:
+    if (len(iban) != expected) if expected else not 15 <= len(iban) <= 34:
         return False
     return int("".join(str(int(c, 36)) for c in iban[4:] + iban[:4])) % 97 == 1
 
@@ -71,7 +72,9 @@ def _entropy(s: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
 
 
-_EMAIL = re.compile(r"(?<![\w.%+-])[\w%+-][\w.%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![\w-])")
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[\w%+-][\w.%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![\w-])"
+)
 # A phone needs a leading + or typical grouping; dates, times, versions, prices and bare runs never match.
 _PHONE = re.compile(
     r"(?<![\w+.-])(?:"
@@ -80,33 +83,42 @@ _PHONE = re.compile(
     r"|(?:1[.-])?\d{3}(?P<s2>[.-])\d{3}(?P=s2)\d{4}"  # 555-123-4567, 555.123.4567
     r"|[2-9]\d{2} \d{3} \d{4}"  # 555 123 4567
     r"|0\d{1,4}[ -]\d{3,8}(?:[ -]\d{2,4}){0,2}"  # 020 7946 0958 (national trunk prefix)
-    r")(?![\w]|[.-]\d)"
+    r")(?!\w|[.-]\d)"
 )
 # Card issuers start with 2-6; groupings 4-4-4-4(-3), 4-6-5 (Amex), 4-6-4 (Diners) or no separator.
+# (Patterns that start with a character class rather than a lookbehind let `re` skip ahead fast.)
 _CARD = re.compile(
-    r"(?<![\d+])(?<!\d-)(?:[2-6]\d{12,18}|[2-6]\d{3}(?P<s>[ -])\d{4}(?P=s)\d{4}(?P=s)\d{4}(?:(?P=s)\d{3})?"
-    r"|3\d{3}(?P<t>[ -])\d{6}(?P=t)\d{4,5})(?!\d|-\d)"
+    r"[2-6](?<![\d+][2-6])(?<!\d-[2-6])(?:\d{12,18}"
+    r"|\d{3}(?P<s>[ -])\d{4}(?P=s)\d{4}(?P=s)\d{4}(?:(?P=s)\d{3})?"
+    r"|(?<=3)\d{3}(?P<t>[ -])\d{6}(?P=t)\d{4,5})(?!\d|-\d)"
 )
 _IBAN = re.compile(
-    r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?)(?![A-Za-z0-9])"
+    r"[A-Z](?<![A-Za-z0-9][A-Z])[A-Z]\d{2}"
+    r"(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?)(?![A-Za-z0-9])"
 )
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)")
-_IPV6 = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]{2,39}(?:\.\d{1,3}){0,3}(?![\w:-]|\.\w)")
-_API_KEY = re.compile(
-    r"(?P<pem>-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----)?)"
+_IPV6 = re.compile(
+    r"(?<![\w:.])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]{2,39}(?:\.\d{1,3}){0,3}(?![\w:-]|\.\w)"
+)
+_SECRET_SHAPE = re.compile(
+    r"(?P<pem>-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----"  # + the block up to END, if base64
+    r"(?:\s*(?:[A-Za-z-]+: [^\n]*\n)*[A-Za-z0-9+/=\s]*-----END [A-Z0-9 ]*PRIVATE KEY-----)?)"
     r"|(?<![\w-])(?:(?P<openai>sk-(?:proj-)?[A-Za-z0-9_-]{20,})|(?:AKIA|ASIA)[0-9A-Z]{16}"
     r"|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|xox[baprs]-[A-Za-z0-9-]{10,}"
     r"|AIza[0-9A-Za-z_-]{35}|[sr]k_live_[0-9A-Za-z]{16,}"
-    r"|eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*)(?![\w-])"
-    r"|(?<![A-Za-z0-9])(?i:api[_-]?key|secret(?:[_-]?key)?|client[_-]?secret|(?:access[_-]?|auth[_-]?)?token"
-    r"|password|passwd|pwd)[\"']?\s*[:=]\s*[\"']?(?P<value>[A-Za-z0-9_\-+/=.~!@#$%^&*]{16,})"
-    r"|(?<![A-Za-z0-9])(?i:bearer)\s+(?P<bearer>[A-Za-z0-9_\-.~+/]{16,}=*)",
-    re.S,
+    r"|eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*)(?![\w-])",
 )
-_API_HINTS = ("sk-", "_", "AKIA", "ASIA", "xox", "AIza", "eyJ", "PRIVATE KEY")
-_API_WORDS = ("key", "secret", "token", "passw", "pwd", "bearer")
+_SECRET_ASSIGN = re.compile(
+    r"(?<![A-Za-z0-9])(?i:api[_-]?key|secret(?:[_-]?key)?|client[_-]?secret|(?:access[_-]?|auth[_-]?)?token"
+    r"|password|passwd|pwd)[\"']?\s*[:=]\s*[\"']?(?P<value>[A-Za-z0-9_\-+/=.~!@#$%^&*]{16,})"
+    r"|(?<![A-Za-z0-9])(?i:bearer)\s+(?P<bearer>[A-Za-z0-9_\-.~+/]{16,}=*)"
+)
+_SHAPE_HINTS = ("sk-", "_", "AKIA", "ASIA", "xox", "AIza", "eyJ", "PRIVATE KEY")
+_ASSIGN_WORDS = ("key", "secret", "token", "passw", "pwd", "bearer")
 _DIGIT = re.compile(r"\d")
+# Needed by any phone or card (7+ digits, at most 2 separators apart) or IPv4: rows without it skip those.
+_NUMERIC_SEED = re.compile(r"\d(?:[ .()+-]{0,2}\d){6}|\d\.\d{1,3}\.\d{1,3}\.\d")
 
 
 def _emails(text: str) -> Iterator[PiiMatch]:
@@ -142,10 +154,12 @@ def _ibans(text: str) -> Iterator[PiiMatch]:
             yield PiiMatch("iban", m.start(), end, cand)
 
 
-def _ips(text: str) -> Iterator[PiiMatch]:
-    if text.count(".") >= 3:
-        for m in _IPV4.finditer(text):
-            yield PiiMatch("ip_address", m.start(), m.end(), m.group())
+def _ipv4s(text: str) -> Iterator[PiiMatch]:
+    for m in _IPV4.finditer(text):
+        yield PiiMatch("ip_address", m.start(), m.end(), m.group())
+
+
+def _ipv6s(text: str) -> Iterator[PiiMatch]:
     if "::" in text or text.count(":") >= 7:
         for m in _IPV6.finditer(text):
             cand = m.group()
@@ -158,20 +172,25 @@ def _ips(text: str) -> Iterator[PiiMatch]:
 
 
 def _api_keys(text: str) -> Iterator[PiiMatch]:
-    if not any(h in text for h in _API_HINTS):
-        low = text.lower()
-        if not any(w in low for w in _API_WORDS):
-            return
-    for m in _API_KEY.finditer(text):
-        group = next((g for g in ("value", "bearer", "openai") if m.group(g)), None)
-        if group is None:
-            yield PiiMatch("api_key", m.start(), m.end(), m.group())
-        elif _entropy(m.group(group)) >= 3.0 and (group != "openai" or _DIGIT.search(m.group(group))):
-            yield PiiMatch("api_key", m.start(group), m.end(group), m.group(group))
+    if any(h in text for h in _SHAPE_HINTS):
+        for m in _SECRET_SHAPE.finditer(text):
+            key = m.group("openai")
+            if key is None or (_entropy(key) >= 3.0 and _DIGIT.search(key)):
+                yield PiiMatch("api_key", m.start(), m.end(), m.group())
+    low = text.lower()
+    if ("=" in text or ":" in text or "bearer" in low) and any(w in low for w in _ASSIGN_WORDS):
+        for m in _SECRET_ASSIGN.finditer(text):
+            group = "value" if m.group("value") else "bearer"
+            if _entropy(m.group(group)) >= 3.0:
+                yield PiiMatch("api_key", m.start(group), m.end(group), m.group(group))
 
 
-_NUMERIC = {"phone": _phones, "credit_card": _cards, "iban": _ibans, "ip_address": _ips}
-_DETECTORS: dict[str, Callable[[str], Iterator[PiiMatch]]] = {"email": _emails, "api_key": _api_keys, **_NUMERIC}
+# kind, detector, needs _NUMERIC_SEED
+_DETECTORS: list[tuple[str, Callable[[str], Iterator[PiiMatch]], bool]] = [
+    ("email", _emails, False), ("phone", _phones, True), ("credit_card", _cards, True),
+    ("iban", _ibans, False), ("ip_address", _ipv4s, True), ("ip_address", _ipv6s, False),
+    ("api_key", _api_keys, False),
+]
 
 
 def _resolve(kinds: Iterable[str] | None) -> tuple[str, ...]:
@@ -187,13 +206,19 @@ def find_pii(text: str, kinds: Iterable[str] | None = None) -> list[PiiMatch]:
     """All PII in `text`, sorted by start and non-overlapping (earliest, then longest, wins; a card number
     or IBAN beats a phone number it overlaps)."""
     wanted = _resolve(kinds)
-    has_digit = _DIGIT.search(text) is not None
-    found = [m for k in wanted if has_digit or k not in _NUMERIC for m in _DETECTORS[k](text)]
+    numeric: bool | None = None
+    found: list[PiiMatch] = []
+    for kind, detect, seeded in _DETECTORS:
+        if kind in wanted:
+            if seeded and numeric is None:
+                numeric = _NUMERIC_SEED.search(text) is not None
+            if numeric or not seeded:
+                found.extend(detect(text))
     if len(found) < 2:
         return found
     strong = [(m.start, m.end) for m in found if m.kind in ("credit_card", "iban")]
     if strong:
-        found = [m for m in found if m.kind != "phone" or not any(m.start < e and s < m.end for s, e in strong)]
+        found = [f for f in found if f.kind != "phone" or all(f.end <= s or e <= f.start for s, e in strong)]
     found.sort(key=lambda m: (m.start, m.start - m.end, _PRIORITY[m.kind]))
     kept: list[PiiMatch] = []
     for m in found:
@@ -204,18 +229,19 @@ def find_pii(text: str, kinds: Iterable[str] | None = None) -> list[PiiMatch]:
 
 def redact_pii(text: str, kinds: Iterable[str] | None = None, placeholder: str = "[{KIND}]") -> str:
     """Replace each match by `placeholder`, where {KIND} is the upper-case kind ([EMAIL], [CREDIT_CARD])
-    and {kind} the kind itself. Repeats until nothing more is found: removing a match can expose another at
-    the seam (`a@b.io4111...` only reads as an e-mail once the card is gone), and redaction must be idempotent."""
-    for _ in range(8):
+    and {kind} the kind itself. Repeats until nothing more is found: removing a match can expose another
+    at the seam (`a@b.io4111...` is an e-mail only once the card is gone); redaction must be idempotent."""
+    for _ in range(8):  # each pass consumes non-placeholder text, so this settles in two passes in practice
+        matches = find_pii(text, kinds)
+        if not matches:
+            break
         parts: list[str] = []
         pos = 0
-        for m in find_pii(text, kinds):
-            parts += (text[pos : m.start], placeholder.replace("{KIND}", m.kind.upper()).replace("{kind}", m.kind))
+        for m in matches:
+            parts.append(text[pos : m.start])
+            parts.append(placeholder.replace("{KIND}", m.kind.upper()).replace("{kind}", m.kind))
             pos = m.end
-        if not parts:
-            break
-        parts.append(text[pos:])
-        redacted = "".join(parts)
+        redacted = "".join(parts) + text[pos:]
         if redacted == text:
             break
         text = redacted

@@ -20,7 +20,7 @@ from tunekit.data.load import load_examples
 from tunekit.data.problems import Problems
 from tunekit.data.records import Example
 from tunekit.data.split import SPLITS, find_leaks, refuse_leaks, split_examples
-from tunekit.data.stats import answers_are_labels, label_of, label_stats, length_stats
+from tunekit.data.stats import label_stats, length_stats, stratum_keys
 from tunekit.data.tokenize import token_lengths
 from tunekit.errors import UserError
 from tunekit.io import atomic_dir, sha256_file, write_jsonl_atomic
@@ -66,9 +66,8 @@ def prepare(cfg: ProjectConfig, tokenizer: Any) -> tuple[Path, Prepared]:
     examples = _dedupe(examples, cfg, result)
     if len(examples) < 3:
         raise UserError(f"only {len(examples)} example(s) left after cleaning; a split needs at least 3")
-    label_answers = answers_are_labels(examples, cfg.data.label_set_max)
-    stratify = cfg.data.split.stratify != "none" and label_answers
-    strata = [label_of(e, label_answers) if stratify else None for e in examples]
+    stratify = cfg.data.split.stratify != "none"
+    strata = stratum_keys(examples, cfg.data.label_set_max) if stratify else [None] * len(examples)
     result.splits = split_examples(examples, cfg.data.split, cfg.data.dedupe, strata)
     refuse_leaks(find_leaks(result.splits["train"], result.splits["test"], cfg.data.dedupe))
     result.lengths = {name: token_lengths(rows, tokenizer) for name, rows in result.splits.items()}

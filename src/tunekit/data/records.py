@@ -31,12 +31,14 @@ class Example:
 
     @property
     def prompt_text(self) -> str:
-        """Everything the model is given (system and user turns): the key for leakage checks."""
-        return "\n".join(m["content"] for m in self.messages if m["role"] != "assistant")
+        """The user turns: the key for leakage checks. System prompts are left out because they are
+        usually one shared instruction, which would make every pair of examples look alike."""
+        return "\n".join(m["content"] for m in self.messages if m["role"] == "user")
 
     @property
     def full_text(self) -> str:
-        return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)
+        """User and assistant turns, the key for duplicate checks (system prompts left out, as above)."""
+        return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages if m["role"] != "system")
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {"messages": self.messages}

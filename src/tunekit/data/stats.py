@@ -26,8 +26,25 @@ def answers_are_labels(examples: list[Example], max_labels: int) -> bool:
         return True
     if not examples or any(sum(m["role"] == "assistant" for m in e.messages) != 1 for e in examples):
         return False
+    if _json_field_counts(examples):  # structured records: balance is reported per field instead
+        return False
+    return _repeating_answers(examples, max_labels)
+
+
+def _repeating_answers(examples: list[Example], max_labels: int) -> bool:
     distinct = len({e.text_of("assistant") for e in examples})
     return distinct <= max_labels and distinct <= len(examples) / 2
+
+
+def stratum_keys(examples: list[Example], max_labels: int) -> list[str | None]:
+    """What a split is stratified by: the label, or the whole answer when answers repeat from a small
+    set (e.g. JSON records of a few fields); None (no stratification) otherwise."""
+    if any(e.label is not None for e in examples):
+        return [label_of(e, True) for e in examples]
+    single = all(sum(m["role"] == "assistant" for m in e.messages) == 1 for e in examples)
+    if single and _repeating_answers(examples, max_labels):
+        return [e.text_of("assistant") for e in examples]
+    return [None] * len(examples)
 
 
 def label_stats(examples: list[Example], max_labels: int) -> dict[str, Any]:

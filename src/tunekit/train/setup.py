@@ -30,6 +30,7 @@ class RunSetup:
     train: list[Features]
     validation: list[Features]
     learning_rate: float
+    matmul_params: int  # every Linear of the base model, lm_head included: the FLOP count's basis
 
     @property
     def peft_model(self) -> Any:
@@ -92,9 +93,22 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
     model.config.use_cache = False
     if cfg.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    matmul_params = count_matmul_params(model)
     model = method.apply(model, cfg.method, arch)
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
     lr = cfg.training.learning_rate or DEFAULT_LR.get(method.name, 2e-4)
-    return RunSetup(cfg, cfg.run_path(), device, method, arch, resolved.path, tokenizer, model, train, validation, lr)
+    return RunSetup(
+        cfg, cfg.run_path(), device, method, arch, resolved.path, tokenizer, model, train, validation, lr,
+        matmul_params,
+    )
+
+
+def count_matmul_params(model: torch.nn.Module) -> int:
+    """Weights that take part in a matmul per token (Linear layers, 4-bit ones at their logical size)."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+            total += module.in_features * module.out_features
+    return total

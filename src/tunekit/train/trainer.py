@@ -200,6 +200,7 @@ def summarize(run: RunSetup, result: dict[str, Any]) -> dict[str, Any]:
         "final_val_loss": val_losses[-1] if val_losses else None,
         "best_val_loss": state.best_val_loss,
         "trainable_params": trainable,
+        "matmul_params": run.matmul_params,
         "dtype": run.device.dtype_name,
         "device": run.device.device.type,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -12,6 +12,9 @@ from tunekit.errors import UserError
 def main(argv: list[str]) -> int:
     from tunekit.train.trainer import train
 
+    from tunekit.quiet import offline_and_quiet
+
+    offline_and_quiet()
     config, *overrides = argv
     try:
         cfg = load_config(config, overrides)

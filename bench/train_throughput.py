@@ -1,0 +1,99 @@
+"""Training throughput: tunekit against TRL SFTTrainer + PEFT, same machine, same run, same rows.
+
+Both fine-tune SmolLM2-135M-Instruct on ../shared/bench/data/synth_train.jsonl for the same number
+of optimizer steps (batch 4, max length 512, same learning rate and LoRA settings) and report
+validation loss on synth_eval.jsonl. Prints one JSON line: useful (non-padding) tokens/s of each,
+their ratio, validation losses, peak RSS, and MFU against the attainable matmul rate that
+../shared/bench/peak_flops.py measures in the same run, for the dtype each side used.
+
+  .venv/bin/python bench/train_throughput.py [--methods lora,qlora,full] [--steps 30] [--skip-baseline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "bench"
+TRAIN, EVAL = SHARED / "data" / "synth_train.jsonl", SHARED / "data" / "synth_eval.jsonl"
+LORA = ["method.r=16", "method.alpha=32", "method.dropout=0.05", "method.target_modules=[q_proj, v_proj]"]
+
+
+def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def model_dir() -> Path:
+    sys.path.insert(0, str(ROOT / "src"))
+    from tunekit.models.resolve import EMBEDDED_DEFAULT, resolve_model
+
+    return resolve_model(EMBEDDED_DEFAULT).path
+
+
+def tunekit_run(method: str, steps: int, workdir: Path) -> dict:
+    """Train with the tunekit CLI on exactly the benchmark's rows (written as the prepared splits)."""
+    run = workdir / f"run-{method}"
+    (run / "data").mkdir(parents=True, exist_ok=True)
+    (run / "data" / "train.jsonl").write_bytes(TRAIN.read_bytes())
+    (run / "data" / "validation.jsonl").write_bytes(EVAL.read_bytes())
+    (run / "data" / "test.jsonl").write_bytes(EVAL.read_bytes())
+    overrides = [
+        f"run_dir={run}", "model.max_seq_len=512", f"method.name={method}", f"training.max_steps={steps}",
+        "training.batch_size=4", "training.lr_scheduler=linear", "training.warmup_ratio=0",
+        f"training.eval_every={steps}", f"training.learning_rate={2e-5 if method == 'full' else 2e-4}",
+        "training.seed=42", "data.too_long=truncate_right",
+    ] + (LORA if method in ("lora", "qlora") else [])
+    exe = str(Path(sys.executable).with_name("tunekit"))
+    config = workdir / "tunekit.yaml"
+    config.write_text("project: bench\n", encoding="utf-8")
+    proc = subprocess.run([exe, "train", str(config), *overrides], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"tunekit train failed:\n{proc.stderr[-4000:]}")
+    return json.loads((run / "summary.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="lora,qlora,full")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--skip-baseline", action="store_true", help="tunekit only (for quick iteration)")
+    args = parser.parse_args()
+    peak = run_json([sys.executable, str(SHARED / "peak_flops.py")])
+    result: dict = {"bench": "train_throughput", "steps": args.steps,
+                    "peak_gflops": {"fp32": peak["peak_fp32_gflops"], "bf16": peak.get("peak_bf16_gflops")}}
+    mdir = model_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in args.methods.split(","):
+            ours = tunekit_run(method, args.steps, Path(tmp))
+            flops_per_token = (6 if method == "full" else 4) * ours["matmul_params"]
+            peak_ours = result["peak_gflops"][ours["dtype"]] or result["peak_gflops"]["fp32"]
+            entry = {"tunekit": {
+                "useful_tokens_per_s": ours["useful_tokens_per_s"], "val_loss": round(ours["final_val_loss"], 4),
+                "peak_rss_mb": ours["peak_rss_mb"], "dtype": ours["dtype"],
+                "mfu": round(flops_per_token * ours["useful_tokens_per_s"] / 1e9 / peak_ours, 4),
+            }}
+            if not args.skip_baseline:
+                base = run_json([sys.executable, str(SHARED / "baseline_trl.py"), "--train", str(TRAIN), "--eval",
+                                 str(EVAL), "--method", method, "--steps", str(args.steps), "--model", str(mdir),
+                                 "--peak-gflops", str(peak["peak_fp32_gflops"])])
+                entry["trl"] = {k: base.get(k) for k in ("useful_tokens_per_s", "eval_loss", "peak_rss_mb", "mfu")}
+                entry["ratio"] = round(ours["useful_tokens_per_s"] / base["useful_tokens_per_s"], 2)
+                entry["val_loss_vs_trl"] = round(ours["final_val_loss"] / base["eval_loss"], 4)
+                entry["rss_vs_trl"] = round(ours["peak_rss_mb"] / base["peak_rss_mb"], 3)
+            result[method] = entry
+            print(json.dumps({method: entry}), file=sys.stderr, flush=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
