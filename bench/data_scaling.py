@@ -19,7 +19,7 @@ from pathlib import Path
 TOPICS = ["invoice", "password", "delivery", "refund", "upgrade", "login", "export", "sync", "billing", "api"]
 VERBS = ["cannot", "want to", "need help to", "keep failing to", "would like to", "tried to"]
 ACTIONS = ["reset", "download", "change", "cancel", "update", "find", "share", "delete", "restore", "verify"]
-FILLER = (
+FILLER = (  # noqa: SIM905
     "it worked yesterday but today the page shows an error and nothing happens when I click the button "
     "again and again while my team waits for the report that is due this afternoon"
 ).split()

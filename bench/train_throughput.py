@@ -40,7 +40,7 @@ def model_dir() -> Path:
     return resolve_model(EMBEDDED_DEFAULT).path
 
 
-def tunekit_run(method: str, steps: int, workdir: Path) -> dict:
+def tunekit_run(method: str, steps: int, workdir: Path, extra: list[str]) -> dict:
     """Train with the tunekit CLI on exactly the benchmark's rows (written as the prepared splits)."""
     run = workdir / f"run-{method}"
     (run / "data").mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,7 @@ def tunekit_run(method: str, steps: int, workdir: Path) -> dict:
         "training.batch_size=4", "training.lr_scheduler=linear", "training.warmup_ratio=0",
         f"training.eval_every={steps}", f"training.learning_rate={2e-5 if method == 'full' else 2e-4}",
         "training.seed=42", "data.too_long=truncate_right",
-    ] + (LORA if method in ("lora", "qlora") else [])
+    ] + (LORA if method in ("lora", "qlora") else []) + extra
     exe = str(Path(sys.executable).with_name("tunekit"))
     config = workdir / "tunekit.yaml"
     config.write_text("project: bench\n", encoding="utf-8")
@@ -62,11 +62,41 @@ def tunekit_run(method: str, steps: int, workdir: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
+def trl_eval_loss(run: Path, base_dir: Path) -> float:
+    """tunekit's trained weights scored by the very evaluate() the TRL baseline reports (same SFTConfig
+    eval settings, same prompt-completion rows, same tokenizer files), so the losses compare like for
+    like. tunekit's own validation loss counts answer tokens and their end token only; TRL also
+    counts the newline after the end token and an appended EOS, which lowers its figure."""
+    import torch
+    from datasets import Dataset
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    sys.path.insert(0, str(SHARED))
+    from baseline_trl import to_prompt_completion
+
+    if (run / "adapter").is_dir():
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, str(run / "adapter"))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(run / "model", dtype=torch.float32)
+    rows = [json.loads(line) for line in EVAL.read_text().splitlines() if line.strip()]
+    with tempfile.TemporaryDirectory() as out:
+        config = SFTConfig(output_dir=out, per_device_eval_batch_size=4, max_length=512, bf16=False, fp16=False,
+                           use_cpu=True, report_to="none", disable_tqdm=True)
+        dataset = Dataset.from_list(to_prompt_completion(rows, "eval"))
+        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, eval_dataset=dataset,
+                             processing_class=AutoTokenizer.from_pretrained(base_dir))
+        return float(trainer.evaluate()["eval_loss"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="lora,qlora,full")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--skip-baseline", action="store_true", help="tunekit only (for quick iteration)")
+    parser.add_argument("overrides", nargs="*", help="extra tunekit key=value overrides")
     args = parser.parse_args()
     peak = run_json([sys.executable, str(SHARED / "peak_flops.py")])
     result: dict = {"bench": "train_throughput", "steps": args.steps,
@@ -74,11 +104,12 @@ def main() -> None:
     mdir = model_dir()
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
-            ours = tunekit_run(method, args.steps, Path(tmp))
+            ours = tunekit_run(method, args.steps, Path(tmp), args.overrides)
             flops_per_token = (6 if method == "full" else 4) * ours["matmul_params"]
             peak_ours = result["peak_gflops"][ours["dtype"]] or result["peak_gflops"]["fp32"]
             entry = {"tunekit": {
                 "useful_tokens_per_s": ours["useful_tokens_per_s"], "val_loss": round(ours["final_val_loss"], 4),
+                "val_loss_trl_eval": round(trl_eval_loss(Path(tmp) / f"run-{method}", mdir), 4),
                 "peak_rss_mb": ours["peak_rss_mb"], "dtype": ours["dtype"],
                 "mfu": round(flops_per_token * ours["useful_tokens_per_s"] / 1e9 / peak_ours, 4),
             }}
@@ -88,7 +119,7 @@ def main() -> None:
                                  "--peak-gflops", str(peak["peak_fp32_gflops"])])
                 entry["trl"] = {k: base.get(k) for k in ("useful_tokens_per_s", "eval_loss", "peak_rss_mb", "mfu")}
                 entry["ratio"] = round(ours["useful_tokens_per_s"] / base["useful_tokens_per_s"], 2)
-                entry["val_loss_vs_trl"] = round(ours["final_val_loss"] / base["eval_loss"], 4)
+                entry["val_loss_vs_trl"] = round(entry["tunekit"]["val_loss_trl_eval"] / base["eval_loss"], 4)
                 entry["rss_vs_trl"] = round(ours["peak_rss_mb"] / base["peak_rss_mb"], 3)
             result[method] = entry
             print(json.dumps({method: entry}), file=sys.stderr, flush=True)

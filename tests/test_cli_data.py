@@ -78,7 +78,8 @@ def test_every_problem_is_printed_with_file_line_and_fix(tmp_path):
 
 
 def test_exit_codes_and_json_report(tmp_path):
-    clean = write_jsonl(tmp_path / "clean.jsonl", [chat(f"question number {i} about topic {i * 7}", "a") for i in range(5)])
+    rows = [chat(f"question number {i} about topic {i * 7}", "a") for i in range(5)]
+    clean = write_jsonl(tmp_path / "clean.jsonl", rows)
     result = tunekit("data", "check", str(clean), "--no-tokens", "--json")
     assert result.returncode == 0, result.stdout
     report = json.loads(result.stdout)

@@ -49,7 +49,7 @@ def test_bad_value_says_what_is_allowed(tmp_path):
 
 
 def test_split_fractions_must_sum_to_one(tmp_path):
-    with pytest.raises(ConfigError, match="must be 1.0"):
+    with pytest.raises(ConfigError, match=r"must be 1\.0"):
         load_config(None, ["data.split.train=0.5"])
 
 

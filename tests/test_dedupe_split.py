@@ -10,7 +10,7 @@ from tunekit.data.records import Example
 from tunekit.data.split import find_leaks, refuse_leaks, split_examples
 from tunekit.errors import UserError
 
-WORDS = "card account transfer payment refund balance limit fee pin app login statement cash".split()
+WORDS = "card account transfer payment refund balance limit fee pin app login statement cash".split()  # noqa: SIM905
 
 
 def sentence(rng: random.Random, n: int = 14) -> str:

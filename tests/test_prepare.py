@@ -52,7 +52,7 @@ def run_prepare(config: Path, *overrides: str):
 
 
 def test_prepare_writes_splits_reports_and_hashes(project):
-    cfg, folder, result = run_prepare(project)
+    _, folder, _ = run_prepare(project)
     for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "splits.json", "data_report.md",
                  "data_report.json", "token_lengths.png", "config.yaml"):
         assert (folder / name).is_file(), name

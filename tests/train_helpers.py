@@ -18,7 +18,8 @@ def color_rows(n: int, seed: int = 0) -> list[dict]:
     rows = []
     for i in range(n):
         color = rng.choice(COLORS)
-        filler = " ".join(rng.choice(["please", "now", "thanks", "quickly", "kindly"]) for _ in range(rng.randint(1, 12)))
+        words = ["please", "now", "thanks", "quickly", "kindly"]
+        filler = " ".join(rng.choice(words) for _ in range(rng.randint(1, 12)))
         rows.append({"messages": [
             {"role": "user", "content": f"request {i}: paint item {i * 13 % 97} {color} {filler}"},
             {"role": "assistant", "content": color},

@@ -117,6 +117,7 @@ class TrainingConfig(Section):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 where native")
     group_by_length: bool = Field(True, description="batch similar lengths together: little padding")
     gradient_checkpointing: bool = False
+    attention: Literal["auto", "eager", "sdpa"] = Field("auto", description="auto: eager on CPU, sdpa on GPU")
     num_threads: int | None = Field(None, ge=1, description="default: one per core")
     eval_every: int | None = Field(None, ge=1, description="validation loss every N steps (default: 10/run)")
     early_stopping_patience: int | None = Field(None, ge=1, description="evals without improvement")

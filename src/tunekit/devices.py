@@ -8,7 +8,6 @@ not rounded away.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 from dataclasses import dataclass
@@ -74,27 +73,16 @@ def physical_cores() -> int:
 
 
 def tune_cpu(threads: int | None = None) -> int:
-    """One intra-op thread per core we may run on (hyper-threads only contend for the same units),
-    and keep freed memory in the process: with glibc's default trimming, every step page-faults its
-    activation buffers in again, which the baseline measured as half of its kernel time."""
+    """One intra-op thread per core we may run on: hyper-threads only contend for the same units."""
     threads = threads or physical_cores()
     torch.set_num_threads(threads)
-    _keep_freed_memory()
     return threads
 
 
-def _keep_freed_memory() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_trim_threshold, 1 << 30)
-    libc.mallopt(m_mmap_threshold, 1 << 28)
-
-
-def attention_implementation(info: DeviceInfo) -> str:
+def attention_implementation(info: DeviceInfo, choice: str = "auto") -> str:
     """Eager attention on CPU: at fine-tuning lengths (hundreds of tokens) its plain matmuls use the
     fast bf16 kernels, while torch's CPU flash-attention backward measured ~15% slower per step here.
     SDPA everywhere else."""
+    if choice != "auto":
+        return choice
     return "eager" if info.device.type == "cpu" else "sdpa"

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.config import ProjectConfig, dump_config
-from tunekit.data.clean import normalize_example, pii_kinds_in, redact_example
 from tunekit.data import DATA_DIR
+from tunekit.data.clean import normalize_example, pii_kinds_in, redact_example
 from tunekit.data.dedupe import find_duplicates
 from tunekit.data.load import load_examples
 from tunekit.data.problems import Problems
@@ -24,8 +24,6 @@ from tunekit.data.stats import label_stats, length_stats, stratum_keys
 from tunekit.data.tokenize import token_lengths
 from tunekit.errors import UserError
 from tunekit.io import atomic_dir, sha256_file, write_jsonl_atomic
-
-
 
 
 class DataErrors(UserError):

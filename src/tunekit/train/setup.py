@@ -3,7 +3,7 @@ config and method options against the architecture (no weights), then data, then
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,8 @@ class RunSetup:
 def validate_method(cfg: ProjectConfig) -> tuple[Any, Any, Any]:
     """Method options against the model's architecture, before any weights load."""
     from tunekit.methods import get_method
-    from tunekit.methods.base import inspect_architecture
+    from tunekit.methods.base import check_gradient_checkpointing, inspect_architecture
     from tunekit.models.resolve import resolve_model
-
-    from tunekit.methods.base import check_gradient_checkpointing
 
     method = get_method(cfg.method.name)
     check_gradient_checkpointing(method, cfg.training.gradient_checkpointing)
@@ -86,9 +84,12 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
     # Frozen weights live in the compute dtype (half the memory, no per-step casts); weights that
     # train, and every weight of full fine-tuning, stay fp32 so small updates are not rounded away.
     storage = device.dtype if method.uses_peft and method.name != "qlora" else torch.float32
+    from tunekit.models.variants import weights_in
+
+    weights = replace(resolved, path=weights_in(resolved, storage))
     model = load_model(
-        resolved, dtype=storage, trust_remote_code=cfg.model.trust_remote_code,
-        attn_implementation=attention_implementation(device), **method.load_kwargs(cfg.method, device.dtype),
+        weights, dtype=storage, trust_remote_code=cfg.model.trust_remote_code,
+        attn_implementation=attention_implementation(device, cfg.training.attention), **method.load_kwargs(cfg.method, device.dtype),
     )
     model.config.use_cache = False
     if cfg.training.gradient_checkpointing:

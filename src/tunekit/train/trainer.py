@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -13,7 +14,13 @@ import torch
 from tunekit.config import ProjectConfig, dump_config
 from tunekit.devices import tune_cpu
 from tunekit.io import atomic_dir, write_json_atomic, write_text_atomic
-from tunekit.train.checkpoint import TrainState, find_resume_point, load_checkpoint, save_checkpoint
+from tunekit.train.checkpoint import (
+    TrainState,
+    find_resume_point,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from tunekit.train.loop import StepRunner, SupervisedLM, Throughput, TrainingStopped, validation_loss
 from tunekit.train.metrics import MetricsLogger, plot_loss_curve
 from tunekit.train.setup import RunSetup, build_run
@@ -75,7 +82,13 @@ def _scheduler(cfg: ProjectConfig, optimizer: Any, total_steps: int) -> Any:
 def _resume(cfg: ProjectConfig, run: RunSetup, wrapped: Any, optimizer: Any, scheduler: Any, say: Any) -> TrainState:
     point = find_resume_point(run.run_dir, cfg.training.resume)
     if point is None:
-        (run.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+        # A fresh run starts a fresh log, and an older run's checkpoints must not pass for its own.
+        (run.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        old = list_checkpoints(run.run_dir)
+        if old:
+            say(f"starting afresh: removing {len(old)} checkpoint(s) of an earlier run in {run.run_dir}")
+            for path in old:
+                shutil.rmtree(path, ignore_errors=True)
         return TrainState()
     state = load_checkpoint(point, run.model, optimizer, scheduler)
     _truncate_metrics(run.run_dir / "metrics.jsonl", state.step)

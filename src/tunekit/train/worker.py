@@ -10,9 +10,8 @@ from tunekit.errors import UserError
 
 
 def main(argv: list[str]) -> int:
-    from tunekit.train.trainer import train
-
     from tunekit.quiet import offline_and_quiet
+    from tunekit.train.trainer import train
 
     offline_and_quiet()
     config, *overrides = argv
