@@ -187,3 +187,22 @@ def test_every_method_trains_the_real_model(tmp_path, smollm2_dir, method):
     history = result["state"].history
     assert result["state"].step == 3 and all(h["loss"] == h["loss"] for h in history)  # finite, not NaN
     assert history[-1]["val_loss"] is not None
+
+
+def test_answer_eval_and_tensorboard_logging(tmp_path, tiny_model_dir):
+    pytest.importorskip("tensorboard")
+    config = make_project(tmp_path, tiny_model_dir, extra="  answer_eval_every: 4\n  answer_eval_samples: 4\n"
+                                                         "  max_new_tokens: 4\n  tensorboard: true\n")
+    run_in_process(config)
+    records = [m for m in read_metrics(tmp_path / "run") if "answer_exact_match" in m]
+    assert [m["step"] for m in records] == [4, 8]
+    assert all(0.0 <= m["answer_exact_match"] <= 1.0 for m in records)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_chat_answers_with_the_runs_template(tmp_path, tiny_model_dir):
+    config = make_project(tmp_path, tiny_model_dir)
+    assert tunekit("train", str(config)).returncode == 0
+    result = tunekit("chat", str(tmp_path / "run"), "--max-new-tokens", "5", input="paint it\nand again\n\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("model> ") == 2

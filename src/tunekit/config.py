@@ -116,7 +116,10 @@ class TrainingConfig(Section):
     seed: int = 42
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 where native")
     group_by_length: bool = Field(True, description="batch similar lengths together: little padding")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations in backward: about half the memory for ~20% more time; "
+        "default: on where the method supports it",
+    )
     attention: Literal["auto", "eager", "sdpa"] = Field("auto", description="auto: eager on CPU, sdpa on GPU")
     num_threads: int | None = Field(None, ge=1, description="default: one per core")
     eval_every: int | None = Field(None, ge=1, description="validation loss every N steps (default: 10/run)")

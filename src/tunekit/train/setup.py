@@ -44,7 +44,7 @@ def validate_method(cfg: ProjectConfig) -> tuple[Any, Any, Any]:
     from tunekit.models.resolve import resolve_model
 
     method = get_method(cfg.method.name)
-    check_gradient_checkpointing(method, cfg.training.gradient_checkpointing)
+    check_gradient_checkpointing(method, bool(cfg.training.gradient_checkpointing))
     resolved = resolve_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     arch = inspect_architecture(resolved.path, trust_remote_code=cfg.model.trust_remote_code)
     method.validate(cfg.method, arch)
@@ -92,7 +92,10 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
         attn_implementation=attention_implementation(device, cfg.training.attention), **method.load_kwargs(cfg.method, device.dtype),
     )
     model.config.use_cache = False
-    if cfg.training.gradient_checkpointing:
+    checkpointing = cfg.training.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = method.supports_gradient_checkpointing
+    if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     matmul_params = count_matmul_params(model)
     model = method.apply(model, cfg.method, arch)
