@@ -21,7 +21,10 @@ def offline_and_quiet() -> None:
     # bitsandbytes tries to fetch an optional CPU kernel from the hub and logs the failure at import.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     for message in (
-        r".*is_gradient_checkpointing.*", r".*`past_key_values` is deprecated.*", r".*torch\.jit\.script_method.*",
+        r".*is_gradient_checkpointing.*",
+        r".*gradient_checkpointing_enable.*",
+        r".*`past_key_values` is deprecated.*",
+        r".*torch\.jit\.script_method.*",
     ):
         warnings.filterwarnings("ignore", message=message)
     try:

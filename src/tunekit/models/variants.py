@@ -32,7 +32,8 @@ def stored_dtype(folder: Path) -> str | None:
 
 def variant_dir(resolved: ResolvedModel, dtype: torch.dtype) -> Path:
     weights = sorted(resolved.path.glob("*.safetensors"))
-    key = "|".join([str(resolved.path.resolve())] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights])
+    stamps = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights]
+    key = "|".join([str(resolved.path.resolve()), *stamps])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return models_cache() / VARIANTS / f"{resolved.path.name}-{digest}-{DTYPE_NAMES[dtype]}"
 

@@ -89,7 +89,8 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
     weights = replace(resolved, path=weights_in(resolved, storage))
     model = load_model(
         weights, dtype=storage, trust_remote_code=cfg.model.trust_remote_code,
-        attn_implementation=attention_implementation(device, cfg.training.attention), **method.load_kwargs(cfg.method, device.dtype),
+        attn_implementation=attention_implementation(device, cfg.training.attention),
+        **method.load_kwargs(cfg.method, device.dtype),
     )
     model.config.use_cache = False
     checkpointing = cfg.training.gradient_checkpointing
