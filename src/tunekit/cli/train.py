@@ -33,6 +33,9 @@ def train(
     validate_method(cfg)  # bad method options fail here, before any process or weights load
     if num_processes > 1 or accelerate_config is not None:
         from tunekit.train.launch import launch
+        from tunekit.train.setup import prepare_once
+
+        prepare_once(cfg, say=lambda msg: err_console.print(msg, highlight=False))  # not once per process
 
         code = launch(config, overrides, num_processes, accelerate_config)
         if code:

@@ -61,6 +61,20 @@ def ensure_prepared(cfg: ProjectConfig, tokenizer: Any, say: Any) -> Path:
     return data_dir
 
 
+def prepare_once(cfg: ProjectConfig, say: Any = print) -> None:
+    """Prepare the data in the launching process, so several training processes never race to write it."""
+    from tunekit.data.tokenize import ensure_chat_template
+    from tunekit.models.load import load_tokenizer
+    from tunekit.models.resolve import resolve_model
+
+    if (cfg.run_path() / DATA_DIR / "train.jsonl").exists():
+        return
+    tokenizer = load_tokenizer(resolve_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code),
+                               trust_remote_code=cfg.model.trust_remote_code)
+    ensure_chat_template(tokenizer)
+    ensure_prepared(cfg, tokenizer, say)
+
+
 def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
     from tunekit.data.tokenize import ensure_chat_template
     from tunekit.models.load import load_model, load_tokenizer

@@ -52,7 +52,8 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None) -> dict[st
     )
     total_steps = cfg.training.max_steps or max(1, round(cfg.training.epochs * runner.steps_per_epoch()))
     runner.sched = _scheduler(cfg, optimizer, total_steps)
-    state = _resume(cfg, run, wrapped, optimizer, runner.sched, say)
+    state = _resume(cfg, run, acc, optimizer, runner.sched, say)
+    acc.wait_for_everyone()  # clean-up of an earlier run is done before anything new is written
     if is_main:
         write_text_atomic(run.run_dir / "config.yaml", dump_config(cfg))
     logger = MetricsLogger(
@@ -79,8 +80,11 @@ def _scheduler(cfg: ProjectConfig, optimizer: Any, total_steps: int) -> Any:
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
-def _resume(cfg: ProjectConfig, run: RunSetup, wrapped: Any, optimizer: Any, scheduler: Any, say: Any) -> TrainState:
+def _resume(cfg: ProjectConfig, run: RunSetup, acc: Any, optimizer: Any, scheduler: Any, say: Any) -> TrainState:
     point = find_resume_point(run.run_dir, cfg.training.resume)
+    acc.wait_for_everyone()  # every process has seen the same checkpoints before any is removed
+    if point is None and not acc.is_main_process:
+        return TrainState()
     if point is None:
         # A fresh run starts a fresh log, and an older run's checkpoints must not pass for its own.
         (run.run_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -91,7 +95,8 @@ def _resume(cfg: ProjectConfig, run: RunSetup, wrapped: Any, optimizer: Any, sch
                 shutil.rmtree(path, ignore_errors=True)
         return TrainState()
     state = load_checkpoint(point, run.model, optimizer, scheduler)
-    _truncate_metrics(run.run_dir / "metrics.jsonl", state.step)
+    if acc.is_main_process:
+        _truncate_metrics(run.run_dir / "metrics.jsonl", state.step)
     say(f"resumed from {point} at step {state.step}")
     return state
 
