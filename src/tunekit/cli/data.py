@@ -18,15 +18,11 @@ app = typer.Typer(help="Check, prepare and preview training data.", no_args_is_h
 
 
 def load_tokenizer_for(cfg: ProjectConfig, model: str | None = None) -> Any:
-    from tunekit.data.tokenize import ensure_chat_template
-    from tunekit.models.load import load_tokenizer
+    from tunekit.models.load import load_chat_tokenizer
     from tunekit.models.resolve import resolve_model
 
     resolved = resolve_model(model or cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
-    tokenizer = load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
-    if ensure_chat_template(tokenizer):
-        err_console.print(f"note: {resolved.name} has no chat template; using ChatML")
-    return tokenizer
+    return load_chat_tokenizer(resolved, cfg.model.trust_remote_code, say=err_console.print)
 
 
 def _config(config: Path | None, overrides: list[str], fmt: str | None) -> ProjectConfig:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.config import DataConfig
+from tunekit.data.clean import pii_kinds_in
 from tunekit.data.dedupe import exact_key, find_duplicates
 from tunekit.data.load import load_examples
-from tunekit.data.pii import find_pii
 from tunekit.data.problems import Problems
 from tunekit.data.records import Example
 from tunekit.data.stats import label_stats, length_stats
@@ -114,7 +114,7 @@ def _check_conflicts(examples: list[Example], problems: Problems) -> None:
 def _check_pii(examples: list[Example], kinds: list[str] | None, problems: Problems) -> dict[str, dict[str, Any]]:
     found: dict[str, list[str]] = defaultdict(list)
     for example in examples:
-        kinds_here = sorted({m.kind for msg in example.messages for m in find_pii(msg["content"], kinds)})
+        kinds_here = pii_kinds_in(example, kinds)
         for kind in kinds_here:
             found[kind].append(example.where)
         if kinds_here:

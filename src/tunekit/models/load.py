@@ -26,6 +26,16 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False) -> 
     return tokenizer
 
 
+def load_chat_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False, say: Any = None) -> Any:
+    """The tokenizer every stage uses: a distinct pad token, and a chat template (ChatML if it has none)."""
+    from tunekit.data.tokenize import ensure_chat_template
+
+    tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
+    if ensure_chat_template(tokenizer) and say is not None:
+        say(f"note: {resolved.name} has no chat template; using ChatML")
+    return tokenizer
+
+
 def ensure_pad_token(tokenizer: Any) -> None:
     """Give the tokenizer a pad token that differs from eos whenever the vocabulary allows.
 

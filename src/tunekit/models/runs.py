@@ -4,7 +4,6 @@ stage can silently use a different template than training did."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,6 @@ class LoadedRun:
     model: Any
     tokenizer: Any
     kind: str  # "adapter" | "model" | "merged"
-
-    @property
-    def template_hash(self) -> str:
-        return hashlib.sha256((self.tokenizer.chat_template or "").encode()).hexdigest()
 
 
 def is_run(path: Path) -> bool:

@@ -63,26 +63,22 @@ def ensure_prepared(cfg: ProjectConfig, tokenizer: Any, say: Any) -> Path:
 
 def prepare_once(cfg: ProjectConfig, say: Any = print) -> None:
     """Prepare the data in the launching process, so several training processes never race to write it."""
-    from tunekit.data.tokenize import ensure_chat_template
-    from tunekit.models.load import load_tokenizer
+    from tunekit.models.load import load_chat_tokenizer
     from tunekit.models.resolve import resolve_model
 
     if (cfg.run_path() / DATA_DIR / "train.jsonl").exists():
         return
-    tokenizer = load_tokenizer(resolve_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code),
-                               trust_remote_code=cfg.model.trust_remote_code)
-    ensure_chat_template(tokenizer)
+    trust = cfg.model.trust_remote_code
+    tokenizer = load_chat_tokenizer(resolve_model(cfg.model.name, trust_remote_code=trust), trust, say=say)
     ensure_prepared(cfg, tokenizer, say)
 
 
 def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
-    from tunekit.data.tokenize import ensure_chat_template
-    from tunekit.models.load import load_model, load_tokenizer
+    from tunekit.models.load import load_chat_tokenizer, load_model
 
     method, arch, resolved = validate_method(cfg)
     device = pick_device(cfg.training.dtype)
-    tokenizer = load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
-    ensure_chat_template(tokenizer)
+    tokenizer = load_chat_tokenizer(resolved, cfg.model.trust_remote_code, say=say)
     data_dir = ensure_prepared(cfg, tokenizer, say)
     encode_opts = {
         "max_seq_len": cfg.model.max_seq_len,
