@@ -13,6 +13,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunekit.config_stages import (
+    EvalConfig,
+    GovernanceConfig,
+    GuardConfig,
+    MonitorConfig,
+    RagConfig,
+    ServeConfig,
+)
 from tunekit.errors import ConfigError, UserError
 
 DATA_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "task", "label")
@@ -135,17 +143,6 @@ class TrainingConfig(Section):
     mlflow_uri: str | None = Field(None, description="e.g. sqlite:///mlflow.db or a folder")
 
 
-class EvalConfig(Section):
-    candidates: list[str] = Field(default_factory=lambda: ["zero_shot", "few_shot", "finetuned"])
-    metrics: list[str] = Field(default_factory=lambda: ["exact_match"])
-    gates: dict[str, str] = Field(default_factory=dict)
-
-
-class ServeConfig(Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-
-
 class ProjectConfig(Section):
     project: str = "tunekit-project"
     run_dir: str = Field("runs/default", description="run folder, relative to the working directory")
@@ -154,7 +151,11 @@ class ProjectConfig(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    rag: RagConfig = Field(default_factory=RagConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
 
     # Where the YAML lives: data files are resolved relative to it, so a config can move with its data.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)

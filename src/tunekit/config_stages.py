@@ -1,0 +1,129 @@
+"""Config sections of the stages after training: eval, rag, guard, serve, monitor, governance.
+
+Kept apart from `config.py` (the loader and the data/training sections) so each file stays short;
+`ProjectConfig` in `config.py` puts them together. Checks that need other modules (a gate on a metric
+that no candidate computes, an unknown metric) live with those modules and run before any model loads.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+BUILTIN_CANDIDATES = ("zero_shot", "few_shot", "rag", "finetuned")
+INPUT_POLICIES = ("pii", "injection", "denied_topics", "max_input_tokens")
+OUTPUT_POLICIES = ("json_schema", "citations", "denied_patterns", "max_length")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TokenPrice(Section):
+    input_per_1k: float = Field(0.0, ge=0.0, description="USD per 1,000 input tokens")
+    output_per_1k: float = Field(0.0, ge=0.0, description="USD per 1,000 output tokens")
+
+
+class CostConfig(Section):
+    usd_per_hour: float = Field(0.10, ge=0.0, description="price of the machine that serves local models")
+    token_prices: dict[str, TokenPrice] = Field(
+        default_factory=dict, description="candidate name -> per-token price (an API baseline)"
+    )
+
+
+class EvalConfig(Section):
+    candidates: list[str] = Field(
+        default_factory=lambda: ["zero_shot", "few_shot", "finetuned"],
+        description=f"{', '.join(BUILTIN_CANDIDATES)}, or a name from eval.compare",
+    )
+    compare: dict[str, str] = Field(
+        default_factory=dict, description="extra candidates: name -> run folder or local model folder"
+    )
+    run: str | None = Field(None, description="the fine-tuned run folder (default: run_dir)")
+    out_dir: str | None = Field(None, description="where the report goes (default: RUN/eval)")
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match"])
+    gates: list[str] = Field(default_factory=list, description="e.g. 'accuracy >= 0.85', 'latency_p95_ms <= 300'")
+    primary_metric: str | None = Field(None, description="the metric that ranks candidates (default: first)")
+    few_shot_k: int = Field(3, ge=1, le=32)
+    max_samples: int | None = Field(None, ge=1, description="evaluate the first N test rows only")
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="default: chosen to fit memory")
+    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 where the CPU/GPU has it")
+    labels: list[str] | None = Field(None, description="label set (default: the answers seen in train)")
+    label_field: str | None = Field(None, description="JSON answers: the field that holds the label")
+    json_schema: str | None = Field(None, description="JSON schema file for json_schema/field_accuracy")
+    bootstrap_samples: int = Field(1000, ge=100)
+    safety: bool = Field(False, description="also run the red-team set, with and without guardrails")
+    cost: CostConfig = Field(default_factory=CostConfig)
+
+    @field_validator("gates")
+    @classmethod
+    def _gates_parse(cls, value: list[str]) -> list[str]:
+        from tunekit.eval.gates import parse_gate
+
+        for text in value:
+            parse_gate(text)  # raises ValueError naming the gate and the allowed operators
+        return value
+
+
+class RagConfig(Section):
+    index: str | None = Field(None, description="SQLite index file from `tunekit index`")
+    docs: list[str] = Field(default_factory=list, description="files or folders to index when index is missing")
+    top_k: int = Field(4, ge=1, le=50)
+    mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
+    rrf_k: int = Field(60, ge=1, description="reciprocal rank fusion constant")
+    chunk_chars: int = Field(1200, ge=100, description="target chunk size in characters")
+    chunk_overlap: int = Field(200, ge=0, description="characters shared by neighbouring chunks")
+    require_citations: bool = True
+
+
+class GuardConfig(Section):
+    enabled: bool = False
+    input: list[Literal[INPUT_POLICIES]] = Field(default_factory=lambda: list(INPUT_POLICIES))  # type: ignore[valid-type]
+    output: list[Literal[OUTPUT_POLICIES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["denied_patterns", "max_length"]
+    )
+    pii_action: Literal["redact", "block"] = "redact"
+    pii_kinds: list[str] | None = None
+    denied_topics: list[str] = Field(default_factory=list, description="regular expressions on the input")
+    denied_patterns: list[str] = Field(default_factory=list, description="regular expressions on the output")
+    max_input_tokens: int = Field(2048, ge=1)
+    max_output_chars: int = Field(4000, ge=1)
+    json_schema: str | None = Field(None, description="schema file the output must conform to")
+    json_retries: int = Field(2, ge=0, le=10)
+    fallback: str = "Sorry, I can't help with that request."
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys: list[str] = Field(default_factory=list, description="bearer keys; empty: no auth (loopback only)")
+    api_keys_env: str = Field("TUNEKIT_API_KEYS", description="comma-separated keys from this variable too")
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_tokens_limit: int = Field(512, ge=1, description="most new tokens one request may ask for")
+    max_input_tokens: int = Field(4096, ge=1)
+    rate_limit_per_minute: int = Field(120, ge=1, description="requests per key (or client) per minute")
+    timeout_s: float = Field(120.0, gt=0)
+    max_concurrency: int = Field(8, ge=1, description="requests decoded together")
+    queue_size: int = Field(64, ge=1, description="waiting requests before 503")
+    grounding: bool = Field(False, description="retrieve from rag.index and cite sources")
+    log_db: str | None = Field(None, description="request log SQLite file (default: RUN/serve/requests.db)")
+    preflight_prompts: int = Field(3, ge=0)
+
+
+class MonitorConfig(Section):
+    psi_threshold: float = Field(0.2, gt=0, description="input length shift (population stability index)")
+    embedding_p_value: float = Field(0.01, gt=0, lt=1, description="permutation test on embedding centroids")
+    new_vocab_threshold: float = Field(0.2, ge=0, le=1, description="share of words never seen in training")
+    label_psi_threshold: float = Field(0.2, gt=0)
+    block_rate_threshold: float = Field(0.05, ge=0, le=1)
+    schema_failure_threshold: float = Field(0.05, ge=0, le=1)
+    latency_slo_ms: float = Field(2000.0, gt=0, description="p95 latency objective")
+
+
+class GovernanceConfig(Section):
+    owner: str = Field("", description="the named person or team that owns this model")
+    on_call: str = Field("", description="who is paged when it misbehaves")
+    slices: list[str] = Field(default_factory=list, description="metadata fields to report accuracy per value of")
+    base_model_license: str | None = Field(None, description="default: looked up for known models")
