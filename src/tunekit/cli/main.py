@@ -12,6 +12,7 @@ import typer
 
 from tunekit.cli import chat, data, init, merge, models, train
 from tunekit.cli.console import err_console
+from tunekit.cli.eval import eval_command
 from tunekit.errors import UserError
 from tunekit.quiet import offline_and_quiet
 
@@ -28,6 +29,7 @@ app.command("init")(init.init)
 app.command("train")(train.train)
 app.command("merge")(merge.merge)
 app.command("chat")(chat.chat)
+app.command("eval")(eval_command)
 
 
 def run() -> None:
