@@ -1,0 +1,85 @@
+"""Speed and cost of a candidate, measured while it answers the test set.
+
+These are not in `eval.metrics` (every candidate gets them), but gates may use them
+(`latency_p95_ms <= 300`, `cost_per_1k <= 0.05`).
+
+Cost per 1,000 requests: a local model is billed for the machine's time, `usd_per_hour` x measured
+wall time per request x 1000 (requests served in batches share the hour, so batching lowers it); an
+API baseline is billed per token, mean input tokens x input price + mean output tokens x output
+price (both per 1,000 tokens, so x1000 requests / 1000 tokens cancel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tunekit.eval.metrics import get_metric
+
+SYSTEM_METRICS: dict[str, str] = {
+    "latency_p50_ms": "median time from request to full answer",
+    "latency_p95_ms": "95th percentile of the same",
+    "input_tokens_mean": "mean prompt tokens per request",
+    "output_tokens_mean": "mean generated tokens per request",
+    "tokens_per_s": "generated tokens per second of wall time",
+    "requests_per_s": "answered requests per second of wall time",
+    "cost_per_1k": "USD per 1,000 requests (hardware time, or token prices for an API)",
+}
+# Fewer tokens per request is better too: they are what a request costs, in time and in money.
+_LOWER_IS_BETTER = {"latency_p50_ms", "latency_p95_ms", "input_tokens_mean", "output_tokens_mean", "cost_per_1k"}
+
+
+def higher_is_better(metric_name: str) -> bool:
+    """Direction of any metric a gate or report may name (UserError listing the quality metrics if unknown)."""
+    if metric_name in SYSTEM_METRICS:
+        return metric_name not in _LOWER_IS_BETTER
+    return get_metric(metric_name).higher_is_better
+
+
+def system_metrics(
+    latencies_s: list[float],
+    input_tokens: list[int],
+    output_tokens: list[int],
+    wall_s: float,
+    *,
+    usd_per_hour: float | None = None,
+    input_per_1k: float | None = None,
+    output_per_1k: float | None = None,
+) -> dict[str, float | None]:
+    """All of SYSTEM_METRICS from per-request measurements and the wall time of the whole run.
+
+    Token prices, when given, make the candidate an API (billed per token) and `usd_per_hour` is
+    ignored; with neither, `cost_per_1k` is None (unknown, and a gate on it fails).
+    """
+    n = len(latencies_s)
+    if n == 0 or len(input_tokens) != n or len(output_tokens) != n:
+        counts = f"{n} latencies, {len(input_tokens)} input and {len(output_tokens)} output token counts"
+        raise ValueError(f"need one latency and token count per request (at least one request), got {counts}")
+    if wall_s <= 0:
+        raise ValueError(f"wall_s must be positive, got {wall_s}")
+    latency_ms = np.asarray(latencies_s, float) * 1000
+    mean_in, mean_out = float(np.mean(input_tokens)), float(np.mean(output_tokens))
+    return {
+        "latency_p50_ms": float(np.percentile(latency_ms, 50)),
+        "latency_p95_ms": float(np.percentile(latency_ms, 95)),
+        "input_tokens_mean": mean_in,
+        "output_tokens_mean": mean_out,
+        "tokens_per_s": float(np.sum(output_tokens)) / wall_s,
+        "requests_per_s": n / wall_s,
+        "cost_per_1k": _cost_per_1k(n, wall_s, mean_in, mean_out, usd_per_hour, input_per_1k, output_per_1k),
+    }
+
+
+def _cost_per_1k(
+    n: int,
+    wall_s: float,
+    mean_in: float,
+    mean_out: float,
+    usd_per_hour: float | None,
+    input_per_1k: float | None,
+    output_per_1k: float | None,
+) -> float | None:
+    if input_per_1k is not None or output_per_1k is not None:
+        return mean_in * (input_per_1k or 0.0) + mean_out * (output_per_1k or 0.0)
+    if usd_per_hour is not None:
+        return usd_per_hour * (wall_s / n / 3600) * 1000
+    return None
