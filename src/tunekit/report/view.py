@@ -92,6 +92,7 @@ def build_view(result: dict[str, Any]) -> ReportView:
     primary = result.get("primary_metric") or next(iter(result.get("metrics") or []), None)
     metrics = table_metrics(result, ok, gates, primary)
     decision = result.get("decision") or {}
+    chosen = None if decision.get("candidate") is None else str(decision["candidate"])
     finetune = find_finetune(ok)
     baseline = best_baseline(result, ok, finetune, primary, gates)
     examples = result.get("disagreements") or []
@@ -99,14 +100,14 @@ def build_view(result: dict[str, Any]) -> ReportView:
         title=f"Evaluation: {result.get('project') or 'tunekit'}",
         headline=decision.get("headline") or "No decision was recorded for this evaluation.",
         verdict=decision.get("verdict"),
-        chosen=decision.get("candidate"),
-        reasons=[str(r) for r in decision.get("reasons") or []],
+        chosen=chosen,
+        reasons=_strings(decision.get("reasons")),
         gaps=_gaps(decision.get("gaps") or {}, gates),
         warnings=_warnings(result),
         subtitle=_subtitle(result),
         metrics=metrics,
         headers=[OPERATIONAL.get(m, m) for m in metrics],
-        rows=[_row(c, metrics, gates, decision.get("candidate")) for c in ok],
+        rows=[_row(c, metrics, gates, chosen) for c in ok],
         skipped=[
             (str(c.get("name")), str(c.get("status")), str(c.get("skip_reason") or "no reason given"))
             for c in candidates
@@ -252,7 +253,14 @@ def _warnings(result: dict[str, Any]) -> list[str]:
             f"The test split changed since the previous evaluation (sha256 {str(previous)[:12]}… then, "
             f"{str(current)[:12]}… now): these scores are not comparable with earlier reports."
         )
-    return warnings + [str(w) for w in result.get("warnings") or []]
+    return warnings + _strings(result.get("warnings"))
+
+
+def _strings(value: Any) -> list[str]:
+    """A list of messages; a lone string is one message, not a list of characters."""
+    if not value:
+        return []
+    return [str(value)] if isinstance(value, str) else [str(item) for item in value]
 
 
 def _subtitle(result: dict[str, Any]) -> str:
