@@ -20,7 +20,7 @@ from tunekit.eval.candidates import CandidateSpec, build_prompts, finetuned_run_
 from tunekit.eval.decision import apply_gates, decide
 from tunekit.eval.gates import Gate, parse_gate
 from tunekit.eval.testset import TestSet, load_json_schema, load_test_set, load_train_examples, resolve_labels
-from tunekit.io import write_json_atomic, write_text_atomic
+from tunekit.io import write_text_atomic
 
 MAX_DISAGREEMENTS = 20
 
@@ -307,5 +307,4 @@ def _write(plan: EvalPlan, result: dict[str, Any], candidates: list[dict[str, An
                 "retrieved": c["_retrieved"][i] if c["_retrieved"] else None,
             }, ensure_ascii=False))
         write_text_atomic(out / "predictions" / f"{c['name']}.jsonl", "\n".join(lines) + "\n")
-    write_report(result, out)
-    write_json_atomic(out / "eval.json", result)
+    write_report(result, out)  # report.md, report.html, plots/ and eval.json
