@@ -13,6 +13,7 @@ import typer
 from tunekit.cli import chat, data, init, merge, models, train
 from tunekit.cli.console import err_console
 from tunekit.cli.eval import eval_command
+from tunekit.cli.monitor import app as monitor_app
 from tunekit.errors import UserError
 from tunekit.quiet import offline_and_quiet
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
+app.add_typer(monitor_app, name="monitor")
 app.command("init")(init.init)
 app.command("train")(train.train)
 app.command("merge")(merge.merge)
