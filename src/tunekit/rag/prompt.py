@@ -1,0 +1,60 @@
+"""The grounding prompt: numbered sources in the system turn and an instruction to cite them as [n]."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tunekit.rag.retrieve import Retrieved
+
+GROUNDING_INSTRUCTION = (
+    "Answer using only the sources below. After each statement, cite the source it comes from as [n], "
+    "for example [1]. If the sources do not contain the answer, say that you cannot answer from them."
+)
+NO_SOURCES_INSTRUCTION = (
+    "No source in the documentation matched this question. Say that you cannot answer it from the documentation."
+)
+
+
+def grounded_messages(messages: list[dict[str, Any]], retrieved: Sequence[Retrieved]) -> list[dict[str, Any]]:
+    """A copy of `messages` whose system turn (kept, or added first) ends with the numbered sources."""
+    block = grounding_block(retrieved)
+    if messages and messages[0].get("role") == "system":
+        system = content_text(messages[0].get("content"))
+        merged = {**messages[0], "content": f"{system}\n\n{block}" if system.strip() else block}
+        return [merged, *messages[1:]]
+    return [{"role": "system", "content": block}, *messages]
+
+
+def grounding_block(retrieved: Sequence[Retrieved]) -> str:
+    if not retrieved:
+        return NO_SOURCES_INSTRUCTION
+    sources = "\n\n".join(f"[{n}] {source_label(item)}\n{item.text}" for n, item in enumerate(retrieved, start=1))
+    return f"{GROUNDING_INSTRUCTION}\n\nSources:\n\n{sources}"
+
+
+def source_label(item: Retrieved) -> str:
+    """`docs/billing.md, lines 28-34 (Billing > Refunds)`: where a source comes from, as a reader says it."""
+    unit = "page" if item.unit == "page" else "line"
+    if item.line_start == item.line_end:
+        span = f"{unit} {item.line_start}"
+    else:
+        span = f"{unit}s {item.line_start}-{item.line_end}"
+    return f"{item.path}, {span}" + (f" ({item.heading})" if item.heading else "")
+
+
+def query_from_messages(messages: list[dict[str, Any]]) -> str:
+    """What to retrieve for: the last user turn."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return content_text(message.get("content"))
+    return ""
+
+
+def content_text(content: Any) -> str:
+    """Message content as text: a string, or the text parts of an OpenAI content list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
