@@ -27,6 +27,7 @@ class MetricContext:
     label_field: str | None = None
     json_schema: dict | None = None
     fields: list[str] | None = None  # default: keys of the JSON references
+    retrieved: list[list[str]] | None = None  # per example, the chunk ids given as sources [1], [2], ...
 
 
 @dataclass
