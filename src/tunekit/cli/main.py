@@ -13,6 +13,7 @@ import typer
 from tunekit.cli import chat, data, init, merge, models, train
 from tunekit.cli.console import err_console
 from tunekit.cli.eval import eval_command
+from tunekit.cli.index import index as index_command
 from tunekit.cli.monitor import app as monitor_app
 from tunekit.errors import UserError
 from tunekit.quiet import offline_and_quiet
@@ -32,6 +33,7 @@ app.command("train")(train.train)
 app.command("merge")(merge.merge)
 app.command("chat")(chat.chat)
 app.command("eval")(eval_command)
+app.command("index")(index_command)
 
 
 def run() -> None:
