@@ -47,7 +47,9 @@ class Retriever:
         self.index_path = Path(index_path)
         self.top_k, self.mode, self.rrf_k = top_k, mode, rrf_k
         self.meta, self.contents = load_contents(self.index_path)
-        self._bm25: Any = None
+        _check_embedding_model(self.meta, self.index_path)
+        # Built now rather than on the first query, so a server's first request is not the slow one.
+        self._bm25: Any = self._build_bm25() if mode != "dense" and len(self) else None
 
     @classmethod
     def from_config(cls, cfg: ProjectConfig, *, say: Any = None) -> Retriever:
@@ -101,21 +103,20 @@ class Retriever:
         tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
         if not tokens:
             return np.zeros(len(self), dtype=np.float32)
-        return np.asarray(self._bm25_index().get_scores(tokens), dtype=np.float32)
+        return np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)
 
-    def _bm25_index(self) -> Any:
+    def _build_bm25(self) -> Any:
         # bm25s persists to a folder of .npy/.json files, not into SQLite, so the BM25 index is rebuilt
-        # from the stored chunk texts on first use: milliseconds for thousands of chunks, and the index
-        # stays one self-consistent file.
-        if self._bm25 is None:
-            try:
-                import bm25s
-            except ImportError as exc:
-                raise UserError("BM25 retrieval needs bm25s", fix="pip install 'tunekit[rag]'") from exc
-            texts = [search_text(h, t) for h, t in zip(self.contents.headings, self.contents.texts)]
-            self._bm25 = bm25s.BM25()
-            self._bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
-        return self._bm25
+        # from the stored chunk texts when the retriever loads: milliseconds for thousands of chunks, and
+        # the index stays one self-consistent file.
+        try:
+            import bm25s
+        except ImportError as exc:
+            raise UserError("BM25 retrieval needs bm25s", fix="pip install 'tunekit[rag]'") from exc
+        texts = [search_text(h, t) for h, t in zip(self.contents.headings, self.contents.texts)]
+        bm25 = bm25s.BM25()
+        bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+        return bm25
 
     def _dense_scores(self, query: str) -> np.ndarray:
         from tunekit.rag.embed import embed_texts
@@ -134,6 +135,18 @@ class Retriever:
             rank=rank,
             unit=c.units[row],
             heading=c.headings[row],
+        )
+
+
+def _check_embedding_model(meta: dict[str, str], index: Path) -> None:
+    # Query vectors from one model compared with chunk vectors from another would rank at random.
+    from tunekit.rag.index import EMBEDDING_MODEL
+
+    if meta.get("embedding_model", EMBEDDING_MODEL) != EMBEDDING_MODEL:
+        raise UserError(
+            f"index was embedded with {meta['embedding_model']}, not {EMBEDDING_MODEL}",
+            where=str(index),
+            fix="re-run `tunekit index` on it",
         )
 
 
