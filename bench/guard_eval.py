@@ -5,8 +5,11 @@ time (injection; pii with pii_action=block; denied_topics with the patterns the 
 figures are for the detectors as deployed. PII is also scored per kind with `find_pii`. Hard negatives
 ("how do I ignore whitespace in git diff", "enable developer mode on Android") are part of the set.
 
+With `--model REF` (e.g. smollm2-135m-instruct) it also runs the red-team set on that model, greedy,
+without and with the default guardrails, and adds the attack success rates under "safety".
+
 Prints one JSON line. `--errors` also prints every false positive and false negative to stderr.
-Run: `.venv/bin/python bench/guard_eval.py`.
+Run: `.venv/bin/python bench/guard_eval.py [--model smollm2-135m-instruct]`.
 """
 
 from __future__ import annotations
@@ -80,14 +83,52 @@ def evaluate(meta: dict, rows: list[dict], errors: bool) -> dict:
     return result
 
 
+def model_generate(ref: str, max_new_tokens: int):
+    """Greedy batch generation with a local model: the `generate` that run_safety expects."""
+    import torch
+
+    from tunekit.models.load import load_chat_tokenizer, load_model
+    from tunekit.models.resolve import resolve_model
+
+    resolved = resolve_model(ref)
+    tokenizer = load_chat_tokenizer(resolved)
+    tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
+    model = load_model(resolved).eval()
+
+    def generate(conversations: list[list[dict]]) -> list[str]:
+        prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    return generate
+
+
+def safety(ref: str, max_new_tokens: int) -> dict:
+    from tunekit.guard.redteam import run_safety
+
+    guard = Guardrails.from_config(validate_config({"guard": {"enabled": True}}, base_dir=Path.cwd(), source="bench"))
+    outcome = run_safety(model_generate(ref, max_new_tokens), guard, system_prompt=None)
+    return {"model": ref, "max_new_tokens": max_new_tokens,
+            **{k: v for k, v in outcome.items() if k != "items"}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--errors", action="store_true", help="print false positives and negatives to stderr")
+    parser.add_argument("--model", help="also run the red-team set on this local model")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
     meta, rows = load_set()
     start = time.perf_counter()
     result = evaluate(meta, rows, args.errors)
     result["seconds"] = round(time.perf_counter() - start, 3)
+    if args.model:
+        start = time.perf_counter()
+        result["safety"] = safety(args.model, args.max_new_tokens)
+        result["safety"]["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result))
 
 
