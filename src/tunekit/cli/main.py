@@ -15,6 +15,7 @@ from tunekit.cli.console import err_console
 from tunekit.cli.eval import eval_command
 from tunekit.cli.index import index as index_command
 from tunekit.cli.monitor import app as monitor_app
+from tunekit.cli.risk import risk
 from tunekit.errors import UserError
 from tunekit.quiet import offline_and_quiet
 
@@ -34,6 +35,7 @@ app.command("merge")(merge.merge)
 app.command("chat")(chat.chat)
 app.command("eval")(eval_command)
 app.command("index")(index_command)
+app.command("risk")(risk)
 
 
 def run() -> None:
