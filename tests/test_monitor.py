@@ -37,6 +37,17 @@ def tunekit(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([TUNEKIT, *map(str, args)], capture_output=True, text=True, env=os.environ.copy())
 
 
+def run_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str]:
+    """`tunekit ARGS` through the real entry point (error handling included), without a process start-up."""
+    from tunekit.cli.main import run
+
+    monkeypatch.setattr(sys, "argv", ["tunekit", *map(str, args)])
+    with pytest.raises(SystemExit) as exited:
+        run()
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out + captured.err
+
+
 def tickets() -> list[dict]:
     return [json.loads(line) for line in TICKETS.read_text(encoding="utf-8").splitlines()]
 
@@ -174,12 +185,11 @@ def test_permutation_test_flags_an_obviously_shifted_set(ticket_rows):
     assert drift.centroid_distance(reference, shifted) > 5 * drift.centroid_distance(reference, same)
 
 
-def test_monitor_without_drift_exits_0_and_writes_both_reports(tmp_path, ticket_rows, config):
+def test_monitor_without_drift_exits_0_and_writes_both_reports(tmp_path, ticket_rows, config, monkeypatch, capsys):
     reference = write_reference(tmp_path / "train.jsonl", ticket_rows[:150])
     log = fill_log(tmp_path / "serve" / "requests.db", ticket_rows[150:210], drifted=False)
-    result = tunekit("monitor", log, "--reference", reference, "--config", config)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "no alerts" in result.stdout
+    code, output = run_in_process(monkeypatch, capsys, "monitor", log, "--reference", reference, "--config", config)
+    assert code == 0 and "no alerts" in output, output
     report = json.loads((tmp_path / "serve" / "monitor" / "monitor.json").read_text())
     assert report["alerts"] == [] and report["requests"] == 60
     measured = {c["name"]: c for c in report["checks"]}
@@ -192,7 +202,7 @@ def test_monitor_without_drift_exits_0_and_writes_both_reports(tmp_path, ticket_
 def test_monitor_with_drift_exits_1_and_names_the_alerts(tmp_path, ticket_rows, config):
     reference = write_reference(tmp_path / "train.jsonl", ticket_rows[:150])
     log = fill_log(tmp_path / "requests.db", ticket_rows[:40], drifted=True)
-    result = tunekit("monitor", log, "-r", reference, "-c", config, "--out", tmp_path / "report")
+    result = tunekit("monitor", log, "-r", reference, "-c", config, "--out", tmp_path / "report")  # a real process
     assert result.returncode == 1, result.stdout + result.stderr
     expected = {"input_length_psi", "embedding_drift", "new_vocabulary", "label_shift", "guard_block_rate",
                 "schema_failure_rate", "latency_p95"}
@@ -201,17 +211,6 @@ def test_monitor_with_drift_exits_1_and_names_the_alerts(tmp_path, ticket_rows, 
     markdown = (tmp_path / "report" / "monitor.md").read_text()
     assert all(f"`{name}`" in markdown for name in expected)
     assert "tunekit monitor export" in markdown and "data:image/png;base64," in markdown
-
-
-def run_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str]:
-    """`tunekit ARGS` through the real entry point (error handling included), without a process start-up."""
-    from tunekit.cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["tunekit", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        run()
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out + captured.err
 
 
 def test_monitor_user_errors_exit_2(tmp_path, ticket_rows, monkeypatch, capsys):
@@ -266,13 +265,14 @@ def test_export_writes_rows_data_check_reads(tmp_path, ticket_rows, config):
     assert cli_check.returncode in (0, 1) and json.loads(cli_check.stdout)["examples"] == 4
 
 
-def test_export_finds_unusual_inputs_by_embedding(tmp_path, ticket_rows):
+def test_export_finds_unusual_inputs_by_embedding(tmp_path, ticket_rows, monkeypatch, capsys):
     reference = write_reference(tmp_path / "train.jsonl", ticket_rows[:150])
     log_path = fill_log(tmp_path / "requests.db", ticket_rows[150:170], drifted=False)
     with RequestLog(log_path) as log:
         log.write(record("Write a short poem about the sea at night and the lighthouse keeper", response="Waves..."))
     out = tmp_path / "to_label.jsonl"
-    assert tunekit("monitor", "export", log_path, "-o", out, "-r", reference).returncode == 0
+    code, output = run_in_process(monkeypatch, capsys, "monitor", "export", log_path, "-o", out, "-r", reference)
+    assert code == 0, output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     flagged = [r["messages"][1]["content"] for r in rows if "unusual_input" in r["meta"]["reasons"]]
     assert "Write a short poem about the sea at night and the lighthouse keeper" in flagged
