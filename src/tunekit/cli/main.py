@@ -16,6 +16,7 @@ from tunekit.cli.eval import eval_command
 from tunekit.cli.index import index as index_command
 from tunekit.cli.monitor import app as monitor_app
 from tunekit.cli.risk import risk
+from tunekit.cli.serve import serve as serve_command
 from tunekit.errors import UserError
 from tunekit.quiet import offline_and_quiet
 
@@ -36,6 +37,7 @@ app.command("chat")(chat.chat)
 app.command("eval")(eval_command)
 app.command("index")(index_command)
 app.command("risk")(risk)
+app.command("serve")(serve_command)
 
 
 def run() -> None:

@@ -1,0 +1,59 @@
+"""`tunekit serve RUN_OR_MODEL`: an OpenAI-compatible API for a run (and more adapters of the same base)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tunekit.cli.console import err_console
+
+
+def serve(
+    target: str = typer.Argument(..., help="a run folder, a local model folder or the embedded model's name"),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. serve.grounding=true"),
+    adapter: list[str] = typer.Option([], "--adapter", help="NAME=RUN: another adapter on the same base "
+                                      "model, chosen by the request's `model` field; repeatable"),
+    name: str | None = typer.Option(None, "--name", help="the name TARGET is served under (default: its folder)"),
+    config: Path | None = typer.Option(None, "--config", help="project YAML with the serve, rag and guard "
+                                       "settings (default: the run's saved config; its relative paths "
+                                       "resolve against the current folder)"),
+    host: str | None = typer.Option(None, "--host", help="default: serve.host (127.0.0.1)"),
+    port: int | None = typer.Option(None, "--port", min=0, max=65535, help="default: serve.port (8000)"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (what `tunekit eval` used), fp32 or bf16"),
+    strict_preflight: bool = typer.Option(False, "--strict-preflight", help="exit 1 instead of serving when "
+                                          "a run does not answer as its eval recorded"),
+) -> None:
+    """Serve the model over OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models), with /health and
+    Prometheus /metrics. Requests are logged to SQLite with PII redacted."""
+    from tunekit.errors import UserError
+    from tunekit.serve.auth import check_bind_is_safe
+    from tunekit.serve.loading import parse_adapter_specs
+    from tunekit.serve.server import run_forever
+    from tunekit.serve.state import build_state, serve_config
+
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--dtype {dtype} is not allowed", fix="use auto, fp32 or bf16")
+    adapters = parse_adapter_specs(list(adapter))
+    cfg = serve_config(target, adapters, config, list(overrides or []))
+    host = host or cfg.serve.host
+    port = cfg.serve.port if port is None else port
+    from tunekit.serve.auth import ApiKeys
+
+    check_bind_is_safe(host, ApiKeys.from_config(cfg.serve), cfg.serve.api_keys_env)  # before minutes of loading
+    say = lambda msg: err_console.print(msg, highlight=False, markup=False)  # noqa: E731
+    state = build_state(target, adapters=adapters, name=name, config=cfg, dtype=dtype, say=say)
+    failed = [r for r in state.preflight.values() if not r.ok]
+    if failed:
+        err_console.print(f"[bold red]preflight: {len(failed)} served model(s) do not answer as evaluated: "
+                          f"{', '.join(r.name for r in failed)} (details at /health)[/]", highlight=False)
+        if strict_preflight:
+            state.close()
+            raise typer.Exit(1)
+    keys = "API keys required" if state.keys.required else "no API keys (loopback only)"
+    err_console.print(f"listening on http://{host}:{port}/v1 ({keys}); request log: {state.request_log.path}; "
+                      "Ctrl-C stops", highlight=False)
+    try:
+        run_forever(state, host, port)
+    finally:
+        state.close()

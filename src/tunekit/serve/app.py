@@ -1,0 +1,130 @@
+"""The HTTP API: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus /health and /metrics.
+
+Routes only translate: a request becomes a checked Job (jobs.py), the Pipeline answers it in a worker
+thread (pipeline.py), and the answer becomes OpenAI's response shape, whole or as server-sent events
+(streaming.py). Every answered request is logged (PII redacted) and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+try:
+    from fastapi import FastAPI, Request, Security
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import Response
+    from fastapi.security import HTTPBearer
+except ImportError as exc:  # the serve extra is optional; everything else in tunekit works without it
+    raise ImportError("serving needs FastAPI and uvicorn: pip install 'tunekit[serve]'") from exc
+
+from tunekit.serve.errors import ApiError, install_error_handlers
+from tunekit.serve.jobs import Job, chat_job, completion_job
+from tunekit.serve.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ErrorBody,
+    Health,
+    ModelCard,
+    ModelList,
+)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in ((400, "invalid request"), (401, "missing or wrong API key"), (404, "unknown model"),
+                         (413, "request body too large"), (429, "rate limit reached"), (503, "overloaded"),
+                         (504, "generation timed out"))
+}
+STREAM_RESPONSE = {"description": "with stream=true: server-sent events, one chunk per piece, then [DONE]",
+                   "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+
+
+def create_app(state: Any) -> FastAPI:
+    from tunekit import __version__
+    from tunekit.serve.middleware import ApiMiddleware
+
+    app = FastAPI(title="tunekit", version=__version__,
+                  description="OpenAI-compatible API for fine-tuned models, with grounding and guardrails.")
+    install_error_handlers(app)
+    app.add_middleware(ApiMiddleware, state=state)
+    state.new_gate()
+    # Declares bearer auth in the OpenAPI document; the middleware enforces it (before the body is read).
+    bearer = [Security(HTTPBearer(auto_error=False))]
+    chat_responses = {**ERROR_RESPONSES, 200: STREAM_RESPONSE}
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        return state.health()
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def metrics() -> Response:
+        body, content_type = state.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES, dependencies=bearer)
+    async def list_models() -> ModelList:
+        return ModelList(data=state.model_cards())
+
+    @app.get("/v1/models/{model}", response_model=ModelCard, responses=ERROR_RESPONSES, dependencies=bearer)
+    async def retrieve_model(model: str) -> ModelCard:
+        state.served.adapter_for(model)  # 404 when unknown
+        return next(card for card in state.model_cards() if card.id == model)
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=chat_responses, dependencies=bearer)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        return await _answer(state, request, body, lambda: chat_job(body, state.serve, state.served.adapter_for))
+
+    @app.post("/v1/completions", response_model=Completion, responses=chat_responses, dependencies=bearer)
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        return await _answer(state, request, body, lambda: completion_job(body, state.serve, state.served.adapter_for))
+
+    return app
+
+
+async def _answer(state: Any, request: Request, body: Any, make_job: Any) -> Any:
+    from tunekit.serve.responses import respond, stream_response
+
+    started = time.perf_counter()
+    request.state.model = body.model
+    job: Job | None = None
+    try:
+        job = make_job()
+        if job.stream:
+            return await stream_response(state, request, job, started)
+        async with state.gate.admit():
+            answer = await asyncio.wait_for(run_in_threadpool(_prepare_and_complete, state, job),
+                                            timeout=state.serve.timeout_s)
+    except asyncio.TimeoutError:
+        error = ApiError(504, f"Generation took longer than {state.serve.timeout_s:g} s.")
+        _log_refusal(state, request, body, job, error, started)
+        raise error from None
+    except ApiError as error:
+        _log_refusal(state, request, body, job, error, started)
+        raise
+    state.log_answer(request.state.key_id if hasattr(request.state, "key_id") else None, job, answer,
+                     (time.perf_counter() - started) * 1000)
+    request.state.logged = True
+    return respond(job, answer, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+def _prepare_and_complete(state: Any, job: Job) -> Any:
+    return state.pipeline.complete(state.pipeline.prepare(job))
+
+
+def _log_refusal(state: Any, request: Any, body: Any, job: Job | None, error: ApiError, started: float) -> None:
+    request.state.logged = True
+    request.state.error_code = error.code or error.type
+    messages = job.logged_messages() if job else _body_messages(body)
+    state.log_failure(endpoint=request.url.path, model=body.model, key_id=getattr(request.state, "key_id", None),
+                      status=error.status, error=error.message, latency_ms=(time.perf_counter() - started) * 1000,
+                      messages=messages)
+
+
+def _body_messages(body: Any) -> list[dict[str, str]]:
+    if isinstance(body, ChatCompletionRequest):
+        return [{"role": m.role, "content": m.content if isinstance(m.content, str) else ""} for m in body.messages]
+    prompt = body.prompt if isinstance(body.prompt, str) else "\n".join(body.prompt)
+    return [{"role": "user", "content": prompt}]

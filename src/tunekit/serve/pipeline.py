@@ -1,0 +1,172 @@
+"""One request from checked job to answer: input guardrails, grounding, generation, output guardrails.
+
+Runs in a worker thread (generation blocks), so the event loop stays free to accept and refuse requests.
+A guardrail block is not an HTTP error: the answer is the configured fallback with finish_reason
+"content_filter", which is what OpenAI itself returns when its filter withholds content, so OpenAI-client
+code already handles it. Grounded chat answers carry the sources they cite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunekit.serve.errors import ApiError
+from tunekit.serve.jobs import Job
+
+CONTENT_FILTER = "content_filter"
+
+
+@dataclass
+class Prepared:
+    job: Job
+    prompt: str  # the text the model reads (chat template applied for chat)
+    prompt_tokens: int
+    messages: list[dict[str, str]] | None  # chat turns after redaction and grounding
+    retrieved: list[Any] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    blocked: bool = False
+
+
+@dataclass
+class Answer:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    retries: int = 0
+    blocked: bool = False
+    grounded: bool = False
+
+    @property
+    def schema_failed(self) -> bool:
+        return any(e["policy"] == "json_schema" and e["action"] == "fallback" for e in self.events)
+
+
+class Pipeline:
+    def __init__(self, engine: Any, *, guard: Any = None, retriever: Any = None, require_citations: bool = True,
+                 max_input_tokens: int = 4096):
+        self.engine = engine
+        self.guard = guard if guard is not None and guard.enabled else None
+        self.retriever = retriever
+        self.require_citations = require_citations
+        self.max_input_tokens = max_input_tokens
+
+    @property
+    def checks_output(self) -> bool:
+        """Whether answers must be complete before any of them is sent (see `stream`)."""
+        return self.guard is not None and bool(self.guard.output_policies)
+
+    def prepare(self, job: Job) -> Prepared:
+        """Guard the input, ground it, render it and check its length: everything before generation."""
+        turns = job.logged_messages()
+        user_tokens = self.engine.count_tokens(self._render(job, turns))
+        if user_tokens > self.max_input_tokens:
+            raise ApiError(400, f"The input is {user_tokens} tokens, above this server's limit of "
+                                f"{self.max_input_tokens}.", param="messages" if job.messages else "prompt",
+                           code="context_length_exceeded")
+        events: list[dict[str, Any]] = []
+        if self.guard is not None:
+            decision = self.guard.check_input(turns)
+            events = [e.to_dict() for e in decision.events]
+            if not decision.allowed:
+                return Prepared(job, "", user_tokens, turns, events=events, blocked=True)
+            turns = decision.messages
+        retrieved: list[Any] = []
+        if self.retriever is not None and job.messages is not None:
+            from tunekit.rag.prompt import grounded_messages, query_from_messages
+
+            retrieved = self.retriever.search(query_from_messages(turns))
+            turns = grounded_messages(turns, retrieved)
+        prompt = self._render(job, turns)
+        tokens = self.engine.count_tokens(prompt)
+        self._check_context(tokens, job.max_tokens)
+        return Prepared(job, prompt, tokens, turns if job.messages is not None else None, retrieved, events)
+
+    def complete(self, prepared: Prepared) -> Answer:
+        if prepared.blocked:
+            return self._blocked(prepared)
+        generation = self.engine.generate(prepared.prompt, prepared.job.params(), prepared.job.adapter)
+        answer = Answer(generation.text, generation.finish_reason, prepared.prompt_tokens,
+                        generation.completion_tokens, events=list(prepared.events),
+                        grounded=self.retriever is not None and prepared.messages is not None)
+        if self.guard is not None:
+            self._check_output(prepared, answer)
+        answer.citations = self._citations(prepared, answer.text)
+        return answer
+
+    def stream(self, prepared: Prepared, emit: Callable[[str], None]) -> Answer:
+        """Send the answer piece by piece through `emit`, then return it whole.
+
+        With output guardrails on, the answer is checked complete and sent at once: nothing unchecked
+        ever reaches the client. `emit` may raise to stop generation (client gone, deadline passed).
+        """
+        if prepared.blocked or self.checks_output:
+            answer = self.complete(prepared)
+            emit(answer.text)
+            return answer
+        stream = self.engine.stream(prepared.prompt, prepared.job.params(), prepared.job.adapter)
+        try:
+            for piece in stream:
+                emit(piece)
+        finally:
+            stream.close()  # stops decoding when emit raised (client gone) and frees the model for others
+        generation = stream.result
+        return Answer(generation.text, generation.finish_reason, prepared.prompt_tokens, generation.completion_tokens,
+                      events=list(prepared.events), citations=self._citations(prepared, generation.text),
+                      grounded=self.retriever is not None and prepared.messages is not None)
+
+    def _render(self, job: Job, turns: list[dict[str, str]]) -> str:
+        if job.messages is None:
+            return turns[0]["content"]
+        return self.engine.render(turns)
+
+    def _check_context(self, prompt_tokens: int, max_tokens: int) -> None:
+        limit = self.engine.context_length
+        if limit and prompt_tokens + max_tokens > limit:
+            raise ApiError(400, f"The prompt ({prompt_tokens} tokens, retrieved sources included) plus max_tokens "
+                                f"({max_tokens}) exceeds the model's context of {limit} tokens.",
+                           param="max_tokens", code="context_length_exceeded")
+
+    def _blocked(self, prepared: Prepared) -> Answer:
+        return Answer(self.guard.fallback, CONTENT_FILTER, prepared.prompt_tokens, 0, events=list(prepared.events),
+                      blocked=True)
+
+    def _check_output(self, prepared: Prepared, answer: Answer) -> None:
+        job = prepared.job
+
+        def regenerate(feedback: str) -> str:
+            # JSON schema retry: show the model its answer and what was wrong with it (chat only).
+            turns = [*(prepared.messages or []), {"role": "assistant", "content": answer.text},
+                     {"role": "user", "content": feedback}]
+            again = self.engine.generate(self.engine.render(turns), job.params(), job.adapter)
+            answer.completion_tokens += again.completion_tokens
+            answer.text, answer.finish_reason = again.text, again.finish_reason
+            return again.text
+
+        decision = self.guard.check_output(
+            answer.text, regenerate=regenerate if prepared.messages is not None else None,
+            citation_check=self._citation_check(prepared))
+        answer.events += [e.to_dict() for e in decision.events]
+        answer.retries = decision.retries
+        answer.text = decision.text
+        if not decision.ok:
+            answer.finish_reason = CONTENT_FILTER
+            answer.blocked = True
+
+    def _citation_check(self, prepared: Prepared) -> Callable[[str], bool] | None:
+        if self.retriever is None or prepared.messages is None:
+            return None
+        from tunekit.rag.cite import check_citations
+
+        return lambda text: check_citations(text, prepared.retrieved, required=self.require_citations).ok
+
+    def _citations(self, prepared: Prepared, text: str) -> list[dict[str, Any]]:
+        if not prepared.retrieved:
+            return []
+        from tunekit.rag.cite import citation_sources
+
+        return citation_sources(text, prepared.retrieved)

@@ -1,0 +1,115 @@
+"""Preflight at start: every served run answers its first evaluated prompts exactly as `tunekit eval` recorded.
+
+Greedy decoding is deterministic, so the same weights, template and dtype must give the same text; a
+difference means the server is not serving what was evaluated (another adapter, a changed template, a
+different dtype or library). Mismatches are printed loudly and reported by /health, never served silently.
+Without an eval the check falls back to "answers N validation prompts without error", and says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PREDICTIONS = Path("eval") / "predictions" / "finetuned.jsonl"
+
+
+@dataclass
+class PreflightResult:
+    name: str
+    status: str  # "match" | "mismatch" | "answered" | "failed" | "skipped"
+    checked: int = 0
+    note: str = ""
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("match", "answered", "skipped")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def eval_settings(run_dir: Path, cfg: Any) -> dict[str, Any]:
+    """The dtype and max_new_tokens the run's eval generated with (eval.json, else the run's config)."""
+    settings = {"dtype": None, "max_new_tokens": cfg.eval.max_new_tokens}
+    path = run_dir / "eval" / "eval.json"
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            recorded = {}
+        settings["dtype"] = recorded.get("dtype")
+        settings["max_new_tokens"] = recorded.get("max_new_tokens", settings["max_new_tokens"])
+    return settings
+
+
+def run_preflight(engine: Any, runs: dict[str, tuple[Path, Any]], n: int, *, dtype_note: str = "",
+                  say: Any = print) -> dict[str, PreflightResult]:
+    """`runs`: served name -> (run folder, its config). Never raises: a failure is a result."""
+    results = {}
+    for name, (run_dir, cfg) in runs.items():
+        if n <= 0:
+            results[name] = PreflightResult(name, "skipped", note="serve.preflight_prompts is 0")
+            continue
+        try:
+            results[name] = _check_run(engine, name, run_dir, cfg, n, dtype_note)
+        except Exception as exc:  # a broken adapter must be reported, not crash the report of the others
+            results[name] = PreflightResult(name, "failed", note=f"{type(exc).__name__}: {exc}")
+        _say(results[name], say)
+    return results
+
+
+def _check_run(engine: Any, name: str, run_dir: Path, cfg: Any, n: int, dtype_note: str) -> PreflightResult:
+    from tunekit.eval.generate import GenerationParams
+
+    settings = eval_settings(run_dir, cfg)
+    params = GenerationParams(max_new_tokens=settings["max_new_tokens"])  # greedy, as eval generates
+    rows = _recorded(run_dir / PREDICTIONS, n)
+    if not rows:
+        return _answers_validation(engine, name, run_dir, n, params)
+    mismatches = []
+    for row in rows:
+        got = engine.generate(engine.render(row["messages"]), params, name).text
+        if got != row["prediction"]:
+            mismatches.append({"index": row.get("index"), "expected": row["prediction"], "got": got})
+    status = "mismatch" if mismatches else "match"
+    note = f"{len(rows)} recorded eval answer(s) compared greedy" + (f"; {dtype_note}" if dtype_note else "")
+    return PreflightResult(name, status, len(rows), note, mismatches)
+
+
+def _answers_validation(engine: Any, name: str, run_dir: Path, n: int, params: Any) -> PreflightResult:
+    from tunekit.models.runs import validation_prompts
+
+    prompts = validation_prompts(run_dir, n)
+    for messages in prompts:
+        engine.generate(engine.render(messages), params, name)
+    return PreflightResult(name, "answered", len(prompts),
+                           f"no eval predictions in {run_dir / PREDICTIONS}: only checked that {len(prompts)} "
+                           "validation prompt(s) are answered without error (run `tunekit eval` for the exact check)")
+
+
+def _recorded(path: Path, n: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+        if len(rows) >= n:
+            break
+    return rows
+
+
+def _say(result: PreflightResult, say: Any) -> None:
+    if result.status == "mismatch":
+        say(f"PREFLIGHT MISMATCH for '{result.name}': {len(result.mismatches)} of {result.checked} answers differ "
+            f"from what `tunekit eval` recorded ({result.note}). This server is NOT serving what was evaluated.")
+        for m in result.mismatches[:3]:
+            say(f"  example {m['index']}: eval said {m['expected']!r}, now {m['got']!r}")
+    elif result.status == "failed":
+        say(f"PREFLIGHT FAILED for '{result.name}': {result.note}")
+    else:
+        say(f"preflight {result.status} for '{result.name}': {result.note or result.checked}")

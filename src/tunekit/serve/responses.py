@@ -1,0 +1,168 @@
+"""Answers in OpenAI's shapes: a whole ChatCompletion/Completion, or server-sent event chunks.
+
+Streaming runs the pipeline in a worker thread that hands each piece to the event loop through a queue.
+When the client goes away or the deadline passes, the next piece raises in the worker, which stops
+generation instead of decoding for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+from tunekit.serve.errors import ApiError
+from tunekit.serve.jobs import Job
+from tunekit.serve.pipeline import Answer, Prepared
+from tunekit.serve.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    Citation,
+    Completion,
+    CompletionChoice,
+    TunekitInfo,
+    Usage,
+    new_id,
+)
+
+DONE = "data: [DONE]\n\n"
+
+
+class StreamCancelled(Exception):
+    """Raised inside the generating thread to stop it: the client left or the deadline passed."""
+
+
+def usage(answer: Answer) -> Usage:
+    return Usage(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+                 total_tokens=answer.prompt_tokens + answer.completion_tokens)
+
+
+def info(job: Job, answer: Answer, latency_ms: float | None = None) -> TunekitInfo:
+    return TunekitInfo(adapter=job.adapter, guard_events=answer.events, guard_retries=answer.retries,
+                       grounded=answer.grounded, latency_ms=None if latency_ms is None else round(latency_ms, 2))
+
+
+def respond(job: Job, answer: Answer, *, latency_ms: float) -> ChatCompletion | Completion:
+    if job.messages is None:
+        return Completion(model=job.model, usage=usage(answer), x_tunekit=info(job, answer, latency_ms),
+                          choices=[CompletionChoice(text=answer.text, finish_reason=answer.finish_reason)])
+    return ChatCompletion(
+        model=job.model, usage=usage(answer), x_tunekit=info(job, answer, latency_ms),
+        citations=[Citation(**c) for c in answer.citations],
+        choices=[ChatChoice(message=AssistantMessage(content=answer.text), finish_reason=answer.finish_reason)],
+    )
+
+
+async def stream_response(state: Any, request: Any, job: Job, started: float) -> Any:
+    """Admit and prepare first, so refusals are still plain HTTP errors; then stream the answer."""
+    from fastapi.concurrency import run_in_threadpool
+    from starlette.responses import StreamingResponse
+
+    stack = AsyncExitStack()
+    await stack.enter_async_context(state.gate.admit())
+    try:
+        prepared = await asyncio.wait_for(run_in_threadpool(state.pipeline.prepare, job), timeout=state.serve.timeout_s)
+    except BaseException:
+        await stack.aclose()
+        raise
+    request.state.logged = True
+    events = _events(state, request, prepared, started, stack)
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _events(state: Any, request: Any, prepared: Prepared, started: float,
+                  stack: AsyncExitStack) -> AsyncIterator[str]:
+    job = prepared.job
+    chunks = _Chunks(job)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    stop = threading.Event()
+
+    def emit(piece: str) -> None:
+        if stop.is_set():
+            raise StreamCancelled
+        loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
+
+    def work() -> None:
+        try:
+            result = ("done", state.pipeline.stream(prepared, emit))
+        except BaseException as exc:  # handed to the event loop, which reports it to the client
+            result = ("error", exc)
+        loop.call_soon_threadsafe(queue.put_nowait, result)
+
+    worker = loop.run_in_executor(None, work)
+    key_id = getattr(request.state, "key_id", None)
+    deadline = started + state.serve.timeout_s
+    try:
+        yield chunks.first()
+        while True:
+            try:
+                kind, value = await asyncio.wait_for(queue.get(), timeout=max(0.0, deadline - time.perf_counter()))
+            except asyncio.TimeoutError:
+                kind, value = "error", ApiError(504, f"Generation took longer than {state.serve.timeout_s:g} s.")
+            if kind == "piece":
+                if value:
+                    yield chunks.piece(value)
+                continue
+            if kind == "done":
+                state.log_answer(key_id, job, value, (time.perf_counter() - started) * 1000)
+                for chunk in chunks.last(value):
+                    yield chunk
+            else:
+                error = value if isinstance(value, ApiError) else ApiError(500, "Generation failed.")
+                if not isinstance(value, ApiError | StreamCancelled):
+                    state.report_unexpected(value)
+                request.state.error_code = error.code or error.type
+                state.log_failure(endpoint=job.endpoint, model=job.model, key_id=key_id, status=error.status,
+                                  error=error.message, latency_ms=(time.perf_counter() - started) * 1000,
+                                  messages=job.logged_messages())
+                yield f"data: {json.dumps(error.body())}\n\n"
+            break
+        yield DONE
+    finally:
+        stop.set()
+        worker.cancel()  # only stops it if it has not started; a running one stops at its next piece
+        await stack.aclose()
+
+
+class _Chunks:
+    """The SSE lines of one streamed answer, in OpenAI's chunk format."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.chat = job.messages is not None
+        self.id = new_id("chatcmpl" if self.chat else "cmpl")
+        self.created = int(time.time())
+
+    def _line(self, choices: list[dict[str, Any]], **extra: Any) -> str:
+        body = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.job.model, "choices": choices, **extra}
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    def _choice(self, text: str | None, finish_reason: str | None, role: bool = False) -> dict[str, Any]:
+        if not self.chat:
+            return {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+        delta: dict[str, Any] = {"role": "assistant"} if role else {}
+        if text is not None:
+            delta["content"] = text
+        return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+
+    def first(self) -> str:
+        return self._line([self._choice("", None, role=True)])
+
+    def piece(self, text: str) -> str:
+        return self._line([self._choice(text, None)])
+
+    def last(self, answer: Answer) -> list[str]:
+        extra: dict[str, Any] = {"x_tunekit": info(self.job, answer).model_dump()}
+        if self.chat:
+            extra["citations"] = answer.citations
+        lines = [self._line([self._choice(None if self.chat else "", answer.finish_reason)], **extra)]
+        if self.job.include_usage:
+            lines.append(self._line([], usage=usage(answer).model_dump()))
+        return lines

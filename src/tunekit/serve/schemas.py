@@ -1,0 +1,161 @@
+"""Request and response bodies of the OpenAI-compatible API, as pydantic models.
+
+They double as the server's OpenAPI document (which schemathesis tests against). Requests accept and
+ignore fields we do not use, as OpenAI's own SDKs send many optional ones; fields we cannot honour
+(n > 1, logprobs, tools) are rejected with a 400 instead of being silently dropped.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# "developer" is OpenAI's newer name for the system turn; chat templates only know "system".
+ROLE_ALIASES = {"developer": "system"}
+MAX_STOP_SEQUENCES = 4  # OpenAI's own limit
+
+
+class Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(Lenient):
+    type: str = Field(description="only 'text' parts are supported")
+    text: str | None = None
+
+
+class ChatMessage(Lenient):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(Lenient):
+    include_usage: bool = False
+
+
+class SamplingFields(Lenient):
+    """What chat and text completions share."""
+
+    model: str = Field(description="a name from GET /v1/models: the base model or one adapter")
+    max_tokens: int | None = Field(None, ge=1, description="default and maximum: serve.max_tokens_limit")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="default 0: greedy, as evaluated")
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    n: int | None = Field(None, ge=1, description="only 1 is supported")
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOP_SEQUENCES} stop sequences")
+    seed: int | None = None
+    user: str | None = None
+    logprobs: bool | int | None = Field(None, description="not supported")
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+    tools: list[dict[str, Any]] | None = Field(None, description="not supported")
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] = Field(description="one prompt (a list must hold exactly one)")
+    echo: bool | None = False
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Citation(BaseModel):
+    model_config = ConfigDict(extra="allow")  # whatever rag.citation_sources reports per source
+
+
+class TunekitInfo(BaseModel):
+    """tunekit's own extra field: the OpenAI SDKs keep unknown fields and ignore them."""
+
+    adapter: str | None = None
+    guard_events: list[dict[str, Any]] = Field(default_factory=list)
+    guard_retries: int = 0
+    grounded: bool = False
+    latency_ms: float | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str = Field(default_factory=lambda: new_id("chatcmpl"))
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    citations: list[Citation] = Field(default_factory=list)
+    x_tunekit: TunekitInfo = Field(default_factory=TunekitInfo)
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str = Field(default_factory=lambda: new_id("cmpl"))
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    x_tunekit: TunekitInfo = Field(default_factory=TunekitInfo)
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "tunekit"
+    root: str = Field(description="the base model every adapter applies to")
+    parent: str | None = Field(None, description="for an adapter: the base model's id")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    models: list[str]
+    preflight: dict[str, Any]
+    in_flight: int
+    queued: int
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"

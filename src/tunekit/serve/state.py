@@ -1,0 +1,230 @@
+"""Everything one server holds, built once at start: models, engine, guardrails, retriever, limits, log.
+
+`build_state` is the programmatic entry point (the CLI, tests and the demo all use it):
+
+    state = build_state("runs/demo", adapters=[("other", Path("runs/other"))])
+    with serve_in_thread(state) as server: ...
+    state.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunekit.config import ProjectConfig, load_config
+from tunekit.config_stages import ServeConfig
+from tunekit.monitor.logdb import RequestLog, RequestRecord, utc_now
+from tunekit.serve.auth import ApiKeys
+from tunekit.serve.jobs import Job
+from tunekit.serve.limits import AdmissionGate, RateLimiter
+from tunekit.serve.loading import ServedModels, load_served
+from tunekit.serve.metrics import ServeMetrics
+from tunekit.serve.pipeline import Answer, Pipeline
+from tunekit.serve.preflight import PreflightResult, eval_settings, run_preflight
+from tunekit.serve.schemas import Health, ModelCard
+
+log = logging.getLogger("tunekit.serve")
+
+
+@dataclass
+class ServerState:
+    cfg: ProjectConfig
+    served: ServedModels
+    engine: Any
+    pipeline: Pipeline
+    keys: ApiKeys
+    limiter: RateLimiter
+    metrics: ServeMetrics
+    request_log: RequestLog | None
+    preflight: dict[str, PreflightResult] = field(default_factory=dict)
+    labelers: dict[str, Callable[[str], str | None]] = field(default_factory=dict)
+    created: int = field(default_factory=lambda: int(time.time()))
+    gate: AdmissionGate | None = None  # made per app: asyncio primitives belong to one event loop
+    # One writer thread: SQLite inserts leave the event loop, and rows keep their order.
+    _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "tunekit-log"))
+
+    @property
+    def serve(self) -> ServeConfig:
+        return self.cfg.serve
+
+    def new_gate(self) -> AdmissionGate:
+        self.gate = AdmissionGate(self.serve.max_concurrency, self.serve.queue_size)
+        return self.gate
+
+    def health(self) -> Health:
+        bad = [r for r in self.preflight.values() if not r.ok]
+        return Health(status="degraded" if bad else "ok", models=self.served.names,
+                      preflight={name: r.to_json() for name, r in self.preflight.items()},
+                      in_flight=self.gate.running if self.gate else 0, queued=self.gate.waiting if self.gate else 0)
+
+    def model_cards(self) -> list[ModelCard]:
+        base = self.served.base_name
+        return [ModelCard(id=name, created=self.created, root=base, parent=base if name != base else None)
+                for name in self.served.names]
+
+    def log_answer(self, key_id: str | None, job: Job, answer: Answer, latency_ms: float) -> None:
+        self.metrics.tokens.labels(job.model, "prompt").inc(answer.prompt_tokens)
+        self.metrics.tokens.labels(job.model, "completion").inc(answer.completion_tokens)
+        self.metrics.record_guard(answer.events)
+        labeler = self.labelers.get(job.model)
+        label = labeler(answer.text) if labeler and not answer.blocked else None
+        self._write(RequestRecord(
+            ts=utc_now(), endpoint=job.endpoint, model=job.model, key_id=key_id, messages=job.logged_messages(),
+            response=answer.text, input_tokens=answer.prompt_tokens, output_tokens=answer.completion_tokens,
+            latency_ms=round(latency_ms, 2), status=200, guard_blocked=answer.blocked, guard_events=answer.events,
+            schema_failed=answer.schema_failed, citations=answer.citations, predicted_label=label))
+
+    def log_failure(self, *, endpoint: str, model: str, key_id: str | None, status: int, error: str | None,
+                    latency_ms: float, messages: list[dict[str, str]] | None = None) -> None:
+        self._write(RequestRecord(ts=utc_now(), endpoint=endpoint, model=model or "", key_id=key_id,
+                                  messages=messages or [], response=None, input_tokens=0, output_tokens=0,
+                                  latency_ms=round(latency_ms, 2), status=status, error=error))
+
+    def report_unexpected(self, exc: BaseException) -> None:
+        log.error("generation failed", exc_info=exc)
+
+    def _write(self, record: RequestRecord) -> None:
+        if self.request_log is not None:
+            self._writer.submit(self._write_now, record)
+
+    def _write_now(self, record: RequestRecord) -> None:
+        try:
+            self.request_log.write(record)  # type: ignore[union-attr]
+        except Exception:  # a full disk must not take the API down; the metrics still count the request
+            log.exception("could not write the request log")
+
+    def flush(self) -> None:
+        """Wait until every row submitted so far is written."""
+        self._writer.submit(lambda: None).result()
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        if self.request_log is not None:
+            self.request_log.close()
+
+
+def build_state(target: str, *, adapters: list[tuple[str, Path]] | tuple = (), name: str | None = None,
+                config: str | Path | ProjectConfig | None = None, overrides: list[str] | tuple = (),
+                dtype: str = "auto", say: Any = print) -> ServerState:
+    """Load `target` (a run or a model) with `adapters`, check them (preflight) and make a ready server state.
+
+    `config` (a YAML path or a ProjectConfig) and `overrides` (`key=value`) give the serve, rag and guard
+    settings; by default the first run's saved config. `dtype` "auto" means the dtype the run's
+    `tunekit eval` used, so served answers are the evaluated ones.
+    """
+    from tunekit.quiet import offline_and_quiet
+
+    offline_and_quiet()
+    adapters = list(adapters)
+    cfg = serve_config(target, adapters, config, list(overrides))  # every setting checked before a model loads
+    _guardrails(cfg, None)
+    retriever = _retriever(cfg, say)
+    served = load_served(target, adapters, name=name, say=say)
+    runs = {n: (run_dir, _run_cfg(served, n, cfg)) for n, run_dir in served.runs().items()}
+    dtype, dtype_note = _choose_dtype(dtype, runs)
+    engine = _engine(served, dtype)
+    say(f"serving {', '.join(served.names)} in {engine.dtype_name}" + (f" ({dtype_note})" if dtype_note else ""))
+    pipeline = Pipeline(engine, guard=_guardrails(cfg, served.tokenizer), retriever=retriever,
+                        require_citations=cfg.rag.require_citations, max_input_tokens=cfg.serve.max_input_tokens)
+    preflight = run_preflight(engine, runs, cfg.serve.preflight_prompts, dtype_note=dtype_note, say=say)
+    return ServerState(cfg=cfg, served=served, engine=engine, pipeline=pipeline, keys=ApiKeys.from_config(cfg.serve),
+                       limiter=RateLimiter(cfg.serve.rate_limit_per_minute), metrics=ServeMetrics(),
+                       request_log=RequestLog(_log_path(cfg, served)), preflight=preflight,
+                       labelers={n: _labeler(run_dir, c) for n, (run_dir, c) in runs.items()})
+
+
+def serve_config(target: str, adapters: list[tuple[str, Path]], config: str | Path | ProjectConfig | None,
+                 overrides: list[str]) -> ProjectConfig:
+    """The settings to serve with: `config`, else the first run's saved config.yaml, with `overrides` on top."""
+    from tunekit.models.runs import is_run
+
+    if isinstance(config, ProjectConfig):
+        if overrides:
+            raise ValueError("pass overrides with a config file, or apply them to the ProjectConfig yourself")
+        return config
+    if config is not None:
+        return load_config(config, overrides)
+    first_run = next((p for p in [Path(target), *(run for _, run in adapters)] if is_run(p)), None)
+    if first_run is None:
+        return load_config(None, overrides)
+    cfg = load_config(first_run / "config.yaml", overrides)
+    # The saved copy's relative paths (rag.index, guard.json_schema, serve.log_db) were written relative to
+    # the project folder training ran from, normally the current one; --config gives them explicitly.
+    cfg.base_dir = Path.cwd()
+    return cfg
+
+
+def _run_cfg(served: ServedModels, name: str, cfg: ProjectConfig) -> ProjectConfig:
+    if name in served.adapters:
+        return served.adapters[name].cfg
+    return served.primary_cfg or cfg
+
+
+def _choose_dtype(requested: str, runs: dict[str, tuple[Path, ProjectConfig]]) -> tuple[str, str]:
+    recorded = {eval_settings(run_dir, cfg)["dtype"] for run_dir, cfg in runs.values()} - {None}
+    if requested != "auto":
+        if recorded and recorded != {requested}:
+            return requested, f"--dtype {requested}, but tunekit eval used {', '.join(sorted(recorded))}"
+        return requested, ""
+    if len(recorded) == 1:
+        return recorded.pop(), "the dtype tunekit eval used"
+    if recorded:
+        return "fp32", f"the runs' evals used different dtypes ({', '.join(sorted(recorded))}); fp32 chosen"
+    return "fp32", "no eval records a dtype: fp32" if runs else ""
+
+
+def _engine(served: ServedModels, dtype: str) -> Any:
+    from tunekit.serve.engine import Engine
+
+    return Engine(served.model, served.tokenizer, dtype=dtype)
+
+
+def _guardrails(cfg: ProjectConfig, tokenizer: Any) -> Any:
+    """The configured guardrails (every regex and schema checked), or None when switched off; `tokenizer`
+    counts input tokens for guard.max_input_tokens."""
+    if not cfg.guard.enabled:
+        return None
+    from tunekit.guard import Guardrails
+
+    return Guardrails.from_config(cfg, tokenizer=tokenizer)
+
+
+def _retriever(cfg: ProjectConfig, say: Any) -> Any:
+    if not cfg.serve.grounding:
+        return None
+    from tunekit.rag.retrieve import Retriever
+
+    retriever = Retriever.from_config(cfg, say=say)
+    say(f"grounding on {retriever.index_path} ({len(retriever)} chunks, {retriever.mode}, top {retriever.top_k})")
+    return retriever
+
+
+def _log_path(cfg: ProjectConfig, served: ServedModels) -> Path:
+    if cfg.serve.log_db:
+        return (cfg.base_dir / cfg.serve.log_db).resolve()
+    runs = served.runs()
+    root = next(iter(runs.values())) if runs else cfg.run_path()
+    return root / "serve" / "requests.db"
+
+
+def _labeler(run_dir: Path, cfg: ProjectConfig) -> Callable[[str], str | None] | None:
+    """For classification runs: the label in an answer, logged so the monitor can see label drift."""
+    from tunekit.eval.testset import label_of_answer
+
+    if cfg.eval.label_field:
+        return lambda text: label_of_answer(text, cfg.eval.label_field)
+    train = run_dir / "data" / "train.jsonl"
+    if not train.is_file():
+        return None
+    from tunekit.data.stats import answers_are_labels
+    from tunekit.train.batches import read_split
+
+    if not answers_are_labels(read_split(train), cfg.data.label_set_max):
+        return None
+    return lambda text: label_of_answer(text, None)

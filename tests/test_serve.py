@@ -1,0 +1,517 @@
+"""`tunekit serve` end to end: real uvicorn servers on loopback, the official openai client, two LoRA adapters
+on one tiny base model, a real retrieval index, guardrails, the SQLite request log and schemathesis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import openai
+import pytest
+
+from train_helpers import TUNEKIT, color_rows
+from tunekit.errors import UserError
+from tunekit.monitor.logdb import key_id_for
+from tunekit.serve.auth import ApiKeys, check_bind_is_safe
+from tunekit.serve.errors import ApiError
+from tunekit.serve.limits import AdmissionGate, RateLimiter
+from tunekit.serve.loading import load_served, parse_adapter_specs
+from tunekit.serve.server import serve_in_thread
+from tunekit.serve.state import build_state
+
+KEY = "sk-test-abc123"
+PROMPT = "request 3: paint item 39 blue please now"
+DOC = """# Refunds
+
+Refunds are paid back to the original card within 5 business days.
+Ask for a refund from the Orders page by choosing Request refund.
+
+# Shipping
+
+Parcels ship from Rotterdam every weekday at noon.
+"""
+
+
+def write_project(root: Path, model_dir: Path, rows: list[dict], *, steps: int, extra: str = "") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = root / "tunekit.yaml"
+    config.write_text(
+        f"run_dir: {root / 'run'}\nmodel:\n  name: {model_dir}\n  max_seq_len: 128\n"
+        "data:\n  files: [data.jsonl]\n  dedupe:\n    near: false\n"
+        f"training:\n  max_steps: {steps}\n  batch_size: 4\n  learning_rate: 0.01\n" + extra,
+        encoding="utf-8",
+    )
+    return config
+
+
+def random_adapter_copy(run: Path, out: Path) -> Path:
+    """A second real run folder: `run`'s config and tokenizer with a freshly initialised (non-zero) LoRA."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.config import load_config
+
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns("eval", "checkpoints", "serve"))
+    cfg = load_config(out / "config.yaml")
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.name)
+    trained = PeftModel.from_pretrained(base, str(run / "adapter")).peft_config["default"]
+    fresh = LoraConfig(r=trained.r, lora_alpha=trained.lora_alpha, target_modules=trained.target_modules,
+                       init_lora_weights=False, task_type="CAUSAL_LM")
+    shutil.rmtree(out / "adapter")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(cfg.model.name), fresh).save_pretrained(out / "adapter")
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir) -> SimpleNamespace:
+    """Run 'alpha' learned to answer "<color> [1]" and was evaluated; 'beta' is a random adapter of the same
+    base; an index holds one help page."""
+    from tunekit.config import load_config
+    from tunekit.eval.runner import check_eval, run_eval
+    from tunekit.rag.index import build_index
+    from tunekit.train.trainer import train
+
+    root = tmp_path_factory.mktemp("serve")
+    rows = color_rows(120)
+    for row in rows:
+        row["messages"][1]["content"] += " [1]"
+    config = write_project(root / "alpha", tiny_model_dir, rows, steps=30,
+                           extra="eval:\n  candidates: [finetuned]\n  max_new_tokens: 6\n  max_samples: 4\n")
+    cfg = load_config(config)
+    train(cfg, say=lambda *_: None)
+    run_eval(check_eval(cfg), say=lambda *_: None)
+    beta = random_adapter_copy(root / "alpha" / "run", root / "beta")
+    (root / "docs").mkdir()
+    (root / "docs" / "refunds.md").write_text(DOC, encoding="utf-8")
+    build_index([root / "docs"], root / "index.db")
+    return SimpleNamespace(root=root, alpha=root / "alpha" / "run", beta=beta, index=root / "index.db",
+                           model_dir=tiny_model_dir)
+
+
+def start(project: SimpleNamespace, *overrides: str, adapters=None):
+    """build_state for alpha (+ beta), the request log in the project folder."""
+    adapters = [("beta", project.beta)] if adapters is None else adapters
+    return build_state(str(project.alpha), adapters=adapters, name="alpha", say=lambda *_: None,
+                       overrides=[f"serve.log_db={project.root / 'requests.db'}", "serve.max_tokens_limit=16",
+                                  "serve.max_body_bytes=20000", *overrides])
+
+
+@pytest.fixture(scope="module")
+def server(project):
+    state = start(project, f"serve.api_keys=[{KEY}]")
+    with serve_in_thread(state) as running:
+        yield running
+    state.close()
+
+
+@pytest.fixture(scope="module")
+def guarded(project):
+    """Grounding on the index, guardrails on: a denied topic, PII redaction, citations required."""
+    state = start(project, "serve.grounding=true", f"rag.index={project.index}", "rag.mode=bm25",
+                  "guard.enabled=true", "guard.denied_topics=[explosives]", "guard.input=[pii,denied_topics]",
+                  "guard.output=[citations]", adapters=[])
+    with serve_in_thread(state) as running:
+        yield running
+    state.close()
+
+
+def client(server, key: str | None = KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key=key or "none", max_retries=0, timeout=60)
+
+
+def chat(server, model="alpha", content=PROMPT, **kwargs):
+    return client(server).chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
+                                                  max_tokens=kwargs.pop("max_tokens", 6), **kwargs)
+
+
+def post(server, path: str, body: bytes | str, key: str | None = KEY, **headers: str) -> httpx.Response:
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    headers.setdefault("Content-Type", "application/json")
+    return httpx.post(server.url + path, content=body, headers=headers, timeout=60)
+
+
+def assert_openai_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+# --- the OpenAI API through the official client -------------------------------------------------------------
+
+
+def test_models_lists_both_adapters_with_their_base(server):
+    models = client(server).models.list().data
+    assert [m.id for m in models] == ["alpha", "beta"]
+    assert {m.model_extra["root"] for m in models} == {str(server.state.served.base_name)}
+    assert client(server).models.retrieve("beta").id == "beta"
+
+
+def test_chat_completion_is_greedy_and_reports_usage(server):
+    first = chat(server)
+    again = chat(server)
+    answer = first.choices[0]
+    assert answer.message.role == "assistant" and answer.message.content.strip()
+    assert answer.finish_reason in ("stop", "length")
+    assert first.choices[0].message.content == again.choices[0].message.content
+    assert first.usage.prompt_tokens > 10 and 0 < first.usage.completion_tokens <= 6
+    assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
+    assert first.model == "alpha" and first.id.startswith("chatcmpl-")
+
+
+def test_streaming_chunks_join_to_the_whole_answer(server):
+    whole = chat(server).choices[0].message.content
+    chunks = list(chat(server, stream=True, stream_options={"include_usage": True}))
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert "".join(pieces) == whole
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage.completion_tokens > 0 and not chunks[-1].choices
+
+
+def test_text_completions_whole_and_streamed(server):
+    api = client(server)
+    whole = api.completions.create(model="alpha", prompt="The quick brown fox", max_tokens=5)
+    assert whole.object == "text_completion" and whole.choices[0].text
+    streamed = api.completions.create(model="alpha", prompt="The quick brown fox", max_tokens=5, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
+
+
+def test_the_model_field_selects_the_adapter(server):
+    answers = {name: chat(server, model=name).choices[0].message.content for name in ("alpha", "beta")}
+    assert answers["alpha"].endswith("[1]"), answers  # what alpha was trained to say
+    assert answers["alpha"] != answers["beta"], answers
+
+
+def test_concurrent_requests_for_different_adapters_all_get_their_own_answer(server):
+    expected = {name: chat(server, model=name).choices[0].message.content for name in ("alpha", "beta")}
+
+    async def many():
+        api = openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
+        names = ["alpha", "beta"] * 4
+        replies = await asyncio.gather(*(api.chat.completions.create(
+            model=n, messages=[{"role": "user", "content": PROMPT}], max_tokens=6) for n in names))
+        return list(zip(names, replies))
+
+    for name, reply in asyncio.run(many()):
+        assert reply.choices[0].message.content == expected[name]
+
+
+# --- refusals: OpenAI-style error bodies ------------------------------------------------------------------
+
+
+def test_unknown_model_is_404_and_never_a_path(server):
+    for name in ("gamma", "../beta", "/etc/passwd"):
+        with pytest.raises(openai.NotFoundError) as caught:
+            chat(server, model=name)
+        assert caught.value.body["code"] == "model_not_found"
+    error = assert_openai_error(post(server, "/v1/chat/completions", json.dumps(
+        {"model": "nope", "messages": [{"role": "user", "content": "hi"}]})), 404)
+    assert error["param"] == "model" and "alpha" in error["message"]
+
+
+def test_api_key_required_when_keys_are_set(server):
+    body = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": "hi"}]})
+    assert_openai_error(post(server, "/v1/chat/completions", body, key=None), 401)
+    with pytest.raises(openai.AuthenticationError):
+        client(server, key="sk-wrong").models.list()
+    # Auth comes first: a bad body from a client without a key is still a 401.
+    assert_openai_error(post(server, "/v1/chat/completions", "{oops", key=None), 401)
+    assert httpx.get(server.url + "/health").status_code == 200  # probes need no key
+
+
+def test_oversized_body_is_413(server):
+    big = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": "x" * 30000}]})
+    error = assert_openai_error(post(server, "/v1/chat/completions", big), 413)
+    assert error["type"] == "invalid_request_error"
+
+
+def test_malformed_json_and_bad_fields_are_400(server):
+    error = assert_openai_error(post(server, "/v1/chat/completions", '{"model": "alpha", "messages": ['), 400)
+    assert error["code"] == "invalid_json"
+    assert_openai_error(post(server, "/v1/chat/completions", "[1, 2]"), 400)
+    error = assert_openai_error(post(server, "/v1/chat/completions", json.dumps({"model": "alpha"})), 400)
+    assert error["param"] == "messages"
+    error = assert_openai_error(post(server, "/v1/chat/completions", json.dumps(
+        {"model": "alpha", "messages": [{"role": "wizard", "content": "hi"}]})), 400)
+    assert error["param"].startswith("messages.0.role")
+
+
+def test_max_tokens_above_the_limit_is_400(server):
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(server, max_tokens=17)
+    assert caught.value.body["param"] == "max_tokens" and "16" in caught.value.body["message"]
+    with pytest.raises(openai.BadRequestError):
+        client(server).chat.completions.create(model="alpha", messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=2, n=2)
+
+
+def test_rate_limit_per_key_is_429(server):
+    state = server.state
+    saved = state.limiter
+    state.limiter = RateLimiter(2)
+    try:
+        client(server).models.list()
+        client(server).models.list()
+        with pytest.raises(openai.RateLimitError) as caught:
+            client(server).models.list()
+        assert int(caught.value.response.headers["retry-after"]) >= 1
+    finally:
+        state.limiter = saved
+
+
+def test_timeout_is_504(server):
+    serve = server.state.cfg.serve
+    saved = serve.timeout_s
+    serve.timeout_s = 0.001
+    try:
+        response = post(server, "/v1/chat/completions", json.dumps(
+            {"model": "alpha", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 16}))
+        assert assert_openai_error(response, 504)["type"] == "timeout"
+    finally:
+        serve.timeout_s = saved
+
+
+def test_full_queue_is_503():
+    async def scenario():
+        gate = AdmissionGate(max_concurrency=1, queue_size=1)
+        release = asyncio.Event()
+
+        async def hold():
+            async with gate.admit():
+                await release.wait()
+
+        first = asyncio.create_task(hold())
+        second = asyncio.create_task(hold())
+        await asyncio.sleep(0.01)
+        assert (gate.running, gate.waiting) == (1, 1)
+        with pytest.raises(ApiError) as caught:
+            async with gate.admit():
+                pass
+        release.set()
+        await asyncio.gather(first, second)
+        return caught.value
+
+    error = asyncio.run(scenario())
+    assert error.status == 503 and error.headers["Retry-After"] == "1"
+
+
+# --- monitoring: health, preflight, metrics, the request log ------------------------------------------------
+
+
+def test_health_reports_preflight(server):
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok" and health["models"] == ["alpha", "beta"]
+    assert health["preflight"]["alpha"]["status"] == "match" and health["preflight"]["alpha"]["checked"] == 3
+    assert health["preflight"]["beta"]["status"] == "answered"  # no eval: says so instead of claiming a match
+    assert "no eval predictions" in health["preflight"]["beta"]["note"]
+
+
+def test_metrics_count_requests_latency_tokens_and_errors(server):
+    chat(server)
+    with pytest.raises(openai.NotFoundError):
+        chat(server, model="nope")
+    text = httpx.get(server.url + "/metrics").text
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    ok = 'tunekit_requests_total{endpoint="/v1/chat/completions",model="alpha",status="200"}'
+    assert float(samples[ok]) >= 1
+    assert float(samples['tunekit_request_latency_seconds_count{endpoint="/v1/chat/completions"}']) >= 2
+    assert float(samples['tunekit_tokens_total{kind="completion",model="alpha"}']) >= 1
+    assert float(samples['tunekit_errors_total{endpoint="/v1/chat/completions",type="model_not_found"}']) >= 1
+
+
+def test_every_request_is_logged_with_pii_redacted(server, project):
+    chat(server, content="my card is 4111 1111 1111 1111, mail me at jane.doe@example.com")
+    with pytest.raises(openai.NotFoundError):
+        chat(server, model="nope", content="call +44 20 7946 0958")
+    server.state.flush()
+    with sqlite3.connect(project.root / "requests.db") as db:
+        rows = db.execute("SELECT model, key_id, messages, response, status, error, output_tokens "
+                          "FROM requests ORDER BY id DESC LIMIT 2").fetchall()
+    (model, key_id, messages, _, status, error, _), (ok_model, _, ok_messages, response, ok_status, _, tokens) = rows
+    assert (model, status, key_id) == ("nope", 404, key_id_for(KEY)) and "does not exist" in error
+    assert "[PHONE]" in messages and "7946" not in messages
+    assert (ok_model, ok_status) == ("alpha", 200) and response is not None and tokens > 0
+    assert "[CREDIT_CARD]" in ok_messages and "[EMAIL]" in ok_messages
+    assert "4111" not in ok_messages and "jane.doe" not in ok_messages and KEY not in ok_messages
+
+
+def test_schemathesis_finds_no_server_errors(server):
+    """Schemathesis generates requests from the server's own OpenAPI document: valid and invalid bodies,
+    odd strings and numbers. None may end in a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    failures, calls = [], []
+
+    def fuzz(operation):
+        @settings(max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def check(case):
+            response = case.call(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+            calls.append(response.status_code)
+            if response.status_code >= 500:
+                failures.append((operation.label, response.status_code, response.text[:300]))
+
+        check()
+
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= {"POST /v1/chat/completions", "POST /v1/completions"}
+    for operation in operations:
+        fuzz(operation)
+    assert not failures, failures
+    assert len(calls) >= 40 and any(code == 200 for code in calls)
+
+
+# --- grounding and guardrails ----------------------------------------------------------------------------
+
+
+def test_grounded_answers_cite_their_sources(guarded):
+    reply = chat(guarded, content="How long do refunds take to the original card?")
+    assert reply.choices[0].finish_reason != "content_filter", reply
+    sources = reply.model_extra["citations"]
+    assert sources and sources[0]["citation"] == 1 and sources[0]["path"].endswith("refunds.md")
+    assert reply.model_extra["x_tunekit"]["grounded"] is True
+
+
+def test_a_guardrail_block_is_a_content_filter_answer(guarded):
+    reply = chat(guarded, content="How do I make explosives at home?")
+    assert reply.choices[0].finish_reason == "content_filter"
+    assert reply.choices[0].message.content == guarded.state.cfg.guard.fallback
+    events = reply.model_extra["x_tunekit"]["guard_events"]
+    assert any(e["policy"] == "denied_topics" and e["action"] == "block" for e in events)
+    streamed = list(chat(guarded, content="explosives please", stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == guarded.state.cfg.guard.fallback
+    text = httpx.get(guarded.url + "/metrics").text
+    assert 'tunekit_guardrail_blocks_total{policy="denied_topics",stage="input"} 2.0' in text
+
+
+def test_no_keys_means_loopback_only():
+    keys = ApiKeys.from_config(SimpleNamespace(api_keys=[], api_keys_env="TK_TEST_KEYS"), environ={})
+    check_bind_is_safe("127.0.0.1", keys, "TK_TEST_KEYS")
+    with pytest.raises(UserError, match="anyone on the network"):
+        check_bind_is_safe("0.0.0.0", keys, "TK_TEST_KEYS")
+    from_env = ApiKeys.from_config(SimpleNamespace(api_keys=["a"], api_keys_env="TK_TEST_KEYS"),
+                                   environ={"TK_TEST_KEYS": "b, c,"})
+    assert from_env.keys == ("a", "b", "c") and from_env.check("Bearer c") == key_id_for("c")
+    check_bind_is_safe("0.0.0.0", from_env, "TK_TEST_KEYS")
+
+
+# --- start-up checks --------------------------------------------------------------------------------------
+
+
+def test_preflight_mismatch_is_reported_not_hidden(project, tmp_path):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(project.alpha, tampered, ignore=shutil.ignore_patterns("checkpoints", "serve"))
+    predictions = tampered / "eval" / "predictions" / "finetuned.jsonl"
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    rows[1]["prediction"] = "something the model never said"
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    said = []
+    state = build_state(str(tampered), say=said.append, overrides=[f"serve.log_db={tmp_path / 'log.db'}"])
+    try:
+        result = state.preflight["tampered"]
+        assert result.status == "mismatch" and [m["index"] for m in result.mismatches] == [1]
+        assert state.health().status == "degraded"
+        assert any("PREFLIGHT MISMATCH" in line and "NOT serving what was evaluated" in line for line in said)
+    finally:
+        state.close()
+
+
+def test_adapters_with_another_template_or_base_are_refused(project, tmp_path):
+    other_template = tmp_path / "other_template"
+    shutil.copytree(project.beta, other_template)
+    tokenizer_config = other_template / "tokenizer" / "tokenizer_config.json"
+    settings_ = json.loads(tokenizer_config.read_text())
+    template_file = other_template / "tokenizer" / "chat_template.jinja"
+    if template_file.exists():
+        template_file.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    else:
+        settings_["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+        tokenizer_config.write_text(json.dumps(settings_))
+    (other_template / "manifest.json").unlink()  # only the served template is compared here
+    with pytest.raises(UserError, match="different chat template"):
+        load_served(str(project.alpha), [("other", other_template)])
+
+    from tunekit.models.tiny import build_tiny_model
+
+    other_base = tmp_path / "other_base"
+    shutil.copytree(project.beta, other_base)
+    elsewhere = build_tiny_model(tmp_path / "another_tiny", seed=1)
+    config = other_base / "config.yaml"
+    config.write_text(config.read_text().replace(str(project.model_dir), str(elsewhere)))
+    with pytest.raises(UserError, match="was trained on"):
+        load_served(str(project.alpha), [("other", other_base)])
+
+
+def test_adapter_names_are_checked():
+    assert parse_adapter_specs(["support=runs/a"]) == [("support", Path("runs/a"))]
+    for bad in ("../x=runs/a", "a/b=runs/a", "noequals", "=runs/a", " =runs/a"):
+        with pytest.raises(UserError):
+            parse_adapter_specs([bad])
+
+
+def test_rate_limiter_is_a_sliding_minute():
+    now = [0.0]
+    limiter = RateLimiter(2, clock=lambda: now[0])
+    limiter.hit("k")
+    limiter.hit("k")
+    limiter.hit("other")
+    with pytest.raises(ApiError) as caught:
+        limiter.hit("k")
+    assert caught.value.status == 429 and caught.value.headers["Retry-After"] == "60"
+    now[0] = 60.5
+    limiter.hit("k")
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_serves_until_interrupted(project, tmp_path):
+    port = free_port()
+    env = {**os.environ, "TK_KEYS": KEY}
+    proc = subprocess.Popen(
+        [TUNEKIT, "serve", str(project.alpha), "--port", str(port), "--adapter", f"beta={project.beta}",
+         f"serve.log_db={tmp_path / 'cli.db'}", "serve.api_keys_env=TK_KEYS"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.communicate()[1][-3000:]
+                time.sleep(0.2)
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+        assert [m.id for m in api.models.list().data][:2] == ["run", "beta"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]  # requests finished, then the usual exit code for Ctrl-C
+    assert "preflight match for 'run'" in err and "listening on" in err
+
+
+def test_cli_refuses_an_open_public_port(project):
+    proc = subprocess.run([TUNEKIT, "serve", str(project.alpha), "--host", "0.0.0.0"], capture_output=True,
+                          text=True, env={k: v for k, v in os.environ.items() if k != "TUNEKIT_API_KEYS"})
+    assert proc.returncode == 2 and "anyone on the network" in proc.stderr
