@@ -49,7 +49,8 @@ def write_project(root: Path, model_dir: Path, rows: list[dict], *, steps: int, 
     config.write_text(
         f"run_dir: {root / 'run'}\nmodel:\n  name: {model_dir}\n  max_seq_len: 128\n"
         "data:\n  files: [data.jsonl]\n  dedupe:\n    near: false\n"
-        f"training:\n  max_steps: {steps}\n  batch_size: 4\n  learning_rate: 0.01\n" + extra,
+        f"training:\n  max_steps: {steps}\n  batch_size: 4\n  learning_rate: 0.01\n  eval_every: {steps}\n"
+        "  gradient_checkpointing: false\n" + extra,
         encoding="utf-8",
     )
     return config
@@ -86,7 +87,7 @@ def project(tmp_path_factory, tiny_model_dir) -> SimpleNamespace:
     rows = color_rows(120)
     for row in rows:
         row["messages"][1]["content"] += " [1]"
-    config = write_project(root / "alpha", tiny_model_dir, rows, steps=30,
+    config = write_project(root / "alpha", tiny_model_dir, rows, steps=20,
                            extra="eval:\n  candidates: [finetuned]\n  max_new_tokens: 6\n  max_samples: 4\n")
     cfg = load_config(config)
     train(cfg, say=lambda *_: None)
@@ -235,13 +236,23 @@ def test_api_key_required_when_keys_are_set(server):
 def test_oversized_body_is_413(server):
     big = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": "x" * 30000}]})
     error = assert_openai_error(post(server, "/v1/chat/completions", big), 413)
-    assert error["type"] == "invalid_request_error"
+    assert error["type"] == "invalid_request_error" and "20000" in error["message"]
+
+    def chunked():  # no Content-Length: the limit has to count the bytes as they arrive
+        yield big[:10000].encode()
+        yield big[10000:].encode()
+
+    response = httpx.post(server.url + "/v1/chat/completions", content=chunked(), timeout=60,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert_openai_error(response, 413)
 
 
 def test_malformed_json_and_bad_fields_are_400(server):
     error = assert_openai_error(post(server, "/v1/chat/completions", '{"model": "alpha", "messages": ['), 400)
     assert error["code"] == "invalid_json"
     assert_openai_error(post(server, "/v1/chat/completions", "[1, 2]"), 400)
+    error = assert_openai_error(post(server, "/v1/chat/completions", "{}", **{"Content-Type": "text/plain"}), 400)
+    assert "Content-Type: application/json" in error["message"]
     error = assert_openai_error(post(server, "/v1/chat/completions", json.dumps({"model": "alpha"})), 400)
     assert error["param"] == "messages"
     error = assert_openai_error(post(server, "/v1/chat/completions", json.dumps(
@@ -397,6 +408,12 @@ def test_a_guardrail_block_is_a_content_filter_answer(guarded):
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == guarded.state.cfg.guard.fallback
     text = httpx.get(guarded.url + "/metrics").text
     assert 'tunekit_guardrail_blocks_total{policy="denied_topics",stage="input"} 2.0' in text
+
+
+def test_pii_is_redacted_before_the_model_sees_it(guarded):
+    reply = chat(guarded, content="Refund to jane.doe@example.com please, how long does it take?")
+    events = reply.model_extra["x_tunekit"]["guard_events"]
+    assert {"stage": "input", "policy": "pii", "action": "redact"}.items() <= events[0].items()
 
 
 def test_no_keys_means_loopback_only():

@@ -32,8 +32,11 @@ class Engine:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, prompt: str, params: Any, adapter: str | None) -> Any:
+        return self.generate_batch([prompt], params, adapter)[0]
+
+    def generate_batch(self, prompts: list[str], params: Any, adapter: str | None) -> list[Any]:
         try:
-            return self.generator.generate([prompt], params, adapter=adapter)[0]
+            return self.generator.generate(prompts, params, adapter=adapter)
         except UserError as exc:
             raise ApiError(400, exc.render()) from exc
 

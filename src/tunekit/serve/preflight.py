@@ -70,11 +70,9 @@ def _check_run(engine: Any, name: str, run_dir: Path, cfg: Any, n: int, dtype_no
     rows = _recorded(run_dir / PREDICTIONS, n)
     if not rows:
         return _answers_validation(engine, name, run_dir, n, params)
-    mismatches = []
-    for row in rows:
-        got = engine.generate(engine.render(row["messages"]), params, name).text
-        if got != row["prediction"]:
-            mismatches.append({"index": row.get("index"), "expected": row["prediction"], "got": got})
+    answers = engine.generate_batch([engine.render(row["messages"]) for row in rows], params, name)
+    mismatches = [{"index": row.get("index"), "expected": row["prediction"], "got": answer.text}
+                  for row, answer in zip(rows, answers) if answer.text != row["prediction"]]
     status = "mismatch" if mismatches else "match"
     note = f"{len(rows)} recorded eval answer(s) compared greedy" + (f"; {dtype_note}" if dtype_note else "")
     return PreflightResult(name, status, len(rows), note, mismatches)
@@ -84,8 +82,8 @@ def _answers_validation(engine: Any, name: str, run_dir: Path, n: int, params: A
     from tunekit.models.runs import validation_prompts
 
     prompts = validation_prompts(run_dir, n)
-    for messages in prompts:
-        engine.generate(engine.render(messages), params, name)
+    if prompts:
+        engine.generate_batch([engine.render(messages) for messages in prompts], params, name)
     return PreflightResult(name, "answered", len(prompts),
                            f"no eval predictions in {run_dir / PREDICTIONS}: only checked that {len(prompts)} "
                            "validation prompt(s) are answered without error (run `tunekit eval` for the exact check)")

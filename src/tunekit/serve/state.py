@@ -176,7 +176,9 @@ def _choose_dtype(requested: str, runs: dict[str, tuple[Path, ProjectConfig]]) -
         return recorded.pop(), "the dtype tunekit eval used"
     if recorded:
         return "fp32", f"the runs' evals used different dtypes ({', '.join(sorted(recorded))}); fp32 chosen"
-    return "fp32", "no eval records a dtype: fp32" if runs else ""
+    if runs:
+        return "fp32", "no eval records a dtype: fp32, in which greedy answers are reproducible"
+    return "auto", ""  # nothing evaluated to match: the fastest dtype the hardware does natively
 
 
 def _engine(served: ServedModels, dtype: str) -> Any:
