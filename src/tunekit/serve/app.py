@@ -19,7 +19,7 @@ try:
 except ImportError as exc:  # the serve extra is optional; everything else in tunekit works without it
     raise ImportError("serving needs FastAPI and uvicorn: pip install 'tunekit[serve]'") from exc
 
-from tunekit.serve.errors import ApiError, install_error_handlers
+from tunekit.serve.errors import ApiError, install_error_handlers, timed_out
 from tunekit.serve.jobs import Job, chat_job, completion_job
 from tunekit.serve.schemas import (
     ChatCompletion,
@@ -92,20 +92,20 @@ async def _answer(state: Any, request: Request, body: Any, make_job: Any) -> Any
     job: Job | None = None
     try:
         job = make_job()
+        job.deadline = started + state.serve.timeout_s
         if job.stream:
             return await stream_response(state, request, job, started)
         async with state.gate.admit():
             answer = await asyncio.wait_for(run_in_threadpool(_prepare_and_complete, state, job),
                                             timeout=state.serve.timeout_s)
     except asyncio.TimeoutError:
-        error = ApiError(504, f"Generation took longer than {state.serve.timeout_s:g} s.")
+        error = timed_out(state.serve.timeout_s)
         _log_refusal(state, request, body, job, error, started)
         raise error from None
     except ApiError as error:
         _log_refusal(state, request, body, job, error, started)
         raise
-    state.log_answer(request.state.key_id if hasattr(request.state, "key_id") else None, job, answer,
-                     (time.perf_counter() - started) * 1000)
+    state.log_answer(getattr(request.state, "key_id", None), job, answer, (time.perf_counter() - started) * 1000)
     request.state.logged = True
     return respond(job, answer, latency_ms=(time.perf_counter() - started) * 1000)
 

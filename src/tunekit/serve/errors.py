@@ -53,6 +53,11 @@ def model_not_found(name: str, available: list[str]) -> ApiError:
                     param="model", code="model_not_found")
 
 
+def timed_out(seconds: float | None = None) -> ApiError:
+    limit = f"of {seconds:g} s" if seconds is not None else "(serve.timeout_s)"
+    return ApiError(504, f"Generation took longer than this server's timeout {limit}.")
+
+
 def install_error_handlers(app: Any) -> None:
     """Route every error FastAPI or Starlette can raise to an OpenAI-style body."""
     from fastapi.exceptions import RequestValidationError

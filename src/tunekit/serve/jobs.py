@@ -28,6 +28,7 @@ class Job:
     stream: bool = False
     include_usage: bool = False
     echo: bool = False
+    deadline: float | None = None  # time.perf_counter() by which the answer must be done (serve.timeout_s)
 
     def params(self) -> Any:
         from tunekit.eval.generate import GenerationParams

@@ -89,7 +89,8 @@ class Pipeline:
     def complete(self, prepared: Prepared) -> Answer:
         if prepared.blocked:
             return self._blocked(prepared)
-        generation = self.engine.generate(prepared.prompt, prepared.job.params(), prepared.job.adapter)
+        job = prepared.job
+        generation = self.engine.generate(prepared.prompt, job.params(), job.adapter, deadline=job.deadline)
         answer = Answer(generation.text, generation.finish_reason, prepared.prompt_tokens,
                         generation.completion_tokens, events=list(prepared.events),
                         grounded=self.retriever is not None and prepared.messages is not None)
@@ -142,7 +143,7 @@ class Pipeline:
             # JSON schema retry: show the model its answer and what was wrong with it (chat only).
             turns = [*(prepared.messages or []), {"role": "assistant", "content": answer.text},
                      {"role": "user", "content": feedback}]
-            again = self.engine.generate(self.engine.render(turns), job.params(), job.adapter)
+            again = self.engine.generate(self.engine.render(turns), job.params(), job.adapter, deadline=job.deadline)
             answer.completion_tokens += again.completion_tokens
             answer.text, answer.finish_reason = again.text, again.finish_reason
             return again.text

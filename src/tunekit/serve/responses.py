@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
-from tunekit.serve.errors import ApiError
+from tunekit.serve.errors import ApiError, timed_out
 from tunekit.serve.jobs import Job
 from tunekit.serve.pipeline import Answer, Prepared
 from tunekit.serve.schemas import (
@@ -104,7 +104,7 @@ async def _events(state: Any, request: Any, prepared: Prepared, started: float,
             try:
                 kind, value = await asyncio.wait_for(queue.get(), timeout=max(0.0, deadline - time.perf_counter()))
             except asyncio.TimeoutError:
-                kind, value = "error", ApiError(504, f"Generation took longer than {state.serve.timeout_s:g} s.")
+                kind, value = "error", timed_out(state.serve.timeout_s)
             if kind == "piece":
                 if value:
                     yield chunks.piece(value)
