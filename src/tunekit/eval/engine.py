@@ -1,0 +1,202 @@
+"""Continuous batching over a queue of requests: prefill newcomers in length-sorted chunks, decode every
+running row one token per step, drop rows as they finish, refill the free slots.
+
+`BatchRunner.step` is one scheduling round; `Generator.generate` loops it until its requests are done,
+`Generator.stream` yields between rounds, and `BatchScheduler` runs it on a background thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tunekit.eval.kv_batch import GROW_SLOTS, DecodeBatch, ModelShape
+from tunekit.eval.sampling import TextTracker, choose_tokens, request_rng
+
+if TYPE_CHECKING:
+    from tunekit.eval.generate import Generation, GenerationParams
+
+# Padded tokens per prefill forward. Larger chunks cost padding and memory and buy little once the
+# matmuls are this big; smaller ones pay the per-forward Python overhead more often.
+PREFILL_TOKENS = 2048
+# A prefill chunk may hold at most this much padding, relative to its real tokens.
+PREFILL_PADDING = 1.25
+
+
+@dataclass(eq=False)
+class Request:
+    """One prompt on its way through the engine; `result` is set when it finishes."""
+
+    prompt_ids: list[int]
+    params: GenerationParams
+    adapter: str | None
+    decode: Callable[[list[int]], str]
+    on_finish: Callable[[Request], None] | None = None
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    completion_tokens: int = 0
+    result: Generation | None = None
+
+    def __post_init__(self) -> None:
+        self.tracker = TextTracker(self.decode, self.params.stop)
+        self.rng: torch.Generator | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def accept(self, token: int, eos_ids: frozenset[int]) -> bool:
+        """Take the next generated token; True when the request is finished."""
+        self.first_token_at = self.first_token_at or time.perf_counter()
+        self.completion_tokens += 1
+        if token in eos_ids:
+            return self.finish("stop")
+        if self.tracker.add(token):
+            return self.finish("stop")
+        if self.completion_tokens >= self.params.max_new_tokens:
+            return self.finish("length")
+        return False
+
+    def finish(self, reason: str) -> bool:
+        from tunekit.eval.generate import Generation
+
+        now = time.perf_counter()
+        self.result = Generation(
+            text=self.tracker.final_text(), prompt_tokens=len(self.prompt_ids),
+            completion_tokens=self.completion_tokens, finish_reason=reason,
+            latency_s=now - self.submitted, ttft_s=(self.first_token_at or now) - self.submitted,
+        )
+        if self.on_finish is not None:
+            self.on_finish(self)
+        return True
+
+
+@dataclass
+class Limits:
+    max_batch_size: int
+    max_batch_tokens: int  # prompt + max_new_tokens, summed over the running rows
+
+
+class BatchRunner:
+    """Owns the running batch. Not thread-safe: one thread drives it (callers hold the Generator's lock)."""
+
+    def __init__(self, model: Any, shape: ModelShape, limits: Limits, eos_ids: frozenset[int], pad_id: int,
+                 select_adapter: Callable[[str | None], None]):
+        self.model, self.shape, self.limits = model, shape, limits
+        self.eos_ids, self.pad_id, self.select_adapter = eos_ids, pad_id, select_adapter
+        self.pending: list[Request] = []
+        self.batch: DecodeBatch | None = None
+        self.adapter: str | None = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending) or self.batch is not None
+
+    @property
+    def next_adapter(self) -> str | None:
+        """The adapter the next step runs with."""
+        if self.batch is not None or not self.pending:
+            return self.adapter
+        return self.pending[0].adapter
+
+    def add(self, requests: list[Request]) -> None:
+        self.pending.extend(requests)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Admit what fits, then decode one token for every running row."""
+        self._admit()
+        if self.batch is None:
+            return
+        logits = self.batch.step(self.model)
+        self._take_tokens(self.batch, logits)
+
+    def _admit(self) -> None:
+        admitted = self._admissible()
+        if not admitted:
+            return
+        if self.batch is None:
+            self.adapter = admitted[0].adapter
+            self.select_adapter(self.adapter)
+        for request in admitted:
+            self.pending.remove(request)
+            sampled = request.params.temperature > 0
+            request.rng = request_rng(request.params.seed, self.shape.device) if sampled else None
+        fresh = [self._prefill(chunk) for chunk in prefill_chunks(admitted)]
+        running = [b for b in [self.batch, *fresh] if b is not None and len(b)]
+        self.batch = DecodeBatch.merge(running, self._reserve(running)) if running else None
+
+    def _admissible(self) -> list[Request]:
+        """Waiting requests that fit now, shortest prompts first (they finish prefill soonest).
+
+        Rows share one adapter, so while a batch runs only requests for its adapter join; otherwise
+        the oldest waiting request's adapter goes next. Admission waits until a quarter of the slots
+        are free (or everything waiting fits), so prefill forwards stay few and large."""
+        if not self.pending:
+            return []
+        adapter = self.adapter if self.batch is not None else self.pending[0].adapter
+        candidates = sorted((r for r in self.pending if r.adapter == adapter), key=lambda r: len(r.prompt_ids))
+        rows = len(self.batch) if self.batch is not None else 0
+        free = self.limits.max_batch_size - rows
+        if rows and free < min(len(candidates), max(1, self.limits.max_batch_size // 4)):
+            return []
+        tokens = sum(_budget(r) for r in self.batch.rows) if self.batch is not None else 0
+        chosen: list[Request] = []
+        for request in candidates:
+            over_budget = tokens + _budget(request) > self.limits.max_batch_tokens
+            if len(chosen) == free or (over_budget and (chosen or rows)):  # an empty batch takes one anyway
+                break
+            chosen.append(request)
+            tokens += _budget(request)
+        return chosen
+
+    def _prefill(self, chunk: list[Request]) -> DecodeBatch:
+        prompts = [r.prompt_ids for r in chunk]
+        reserve = min(max(r.params.max_new_tokens for r in chunk), GROW_SLOTS)
+        batch, logits = DecodeBatch.prefill(self.model, self.shape, prompts, chunk, self.pad_id, reserve)
+        self._take_tokens(batch, logits)
+        return batch
+
+    def _take_tokens(self, batch: DecodeBatch, logits: torch.Tensor) -> None:
+        settings = [(r.params.temperature, r.params.top_p, r.rng) for r in batch.rows]
+        tokens = choose_tokens(logits, settings)
+        batch.next_tokens = tokens
+        finished = [r.accept(t, self.eos_ids) for r, t in zip(batch.rows, tokens.tolist())]
+        if any(finished):
+            alive = [i for i, f in enumerate(finished) if not f]
+            if alive:
+                batch.keep(alive)
+            elif batch is self.batch:
+                self.batch = None
+            else:
+                batch.rows = []
+
+    @staticmethod
+    def _reserve(batches: list[DecodeBatch]) -> int:
+        return min(max(r.params.max_new_tokens - r.completion_tokens for b in batches for r in b.rows), GROW_SLOTS)
+
+
+def _budget(request: Request) -> int:
+    return len(request.prompt_ids) + request.params.max_new_tokens
+
+
+def prefill_chunks(requests: list[Request]) -> list[list[Request]]:
+    """Consecutive runs of the (length-sorted) requests, each padded little and within PREFILL_TOKENS."""
+    chunks: list[list[Request]] = []
+    current: list[Request] = []
+    real = 0
+    for request in sorted(requests, key=lambda r: len(r.prompt_ids)):
+        size = len(request.prompt_ids)
+        padded = size * (len(current) + 1)  # sorted, so this request is the longest so far
+        if current and (padded > PREFILL_TOKENS or padded > PREFILL_PADDING * (real + size)):
+            chunks.append(current)
+            current, real = [], 0
+        current.append(request)
+        real += size
+    if current:
+        chunks.append(current)
+    return chunks

@@ -1,0 +1,237 @@
+"""Batched generation for eval, chat and serve: one engine, the run's own chat template.
+
+    gen = Generator(run.model, run.tokenizer)                 # dtype "auto": bf16 where the hardware has it
+    outs = gen.generate([messages, ...], GenerationParams(max_new_tokens=128, stop=("\\n\\n",)))
+    stream = gen.stream(messages, GenerationParams())
+    for delta in stream: print(delta, end="")
+    stream.result                                             # the Generation, once the stream is exhausted
+
+How it is fast: prompts are sorted by length and prefilled in chunks with little padding, all rows
+decode together against one KV cache, a row leaves the batch the step it finishes and waiting prompts
+take its slot (continuous batching, engine.py), and the weights are a copy in the inference dtype.
+`dtype="fp32"` gives the same greedy tokens as HF `generate` in fp32 (up to float rounding between
+batch shapes; see docs/benchmarks.md for the measured share).
+
+Prefix/prompt-tuning adapters and architectures outside `model_prep.FAST_PATH_MODEL_TYPES` go
+through HF `generate`, one prompt at a time (hf_fallback.py): same results contract, no batching.
+
+Thread safety: one lock serialises `generate` and `stream` (a stream holds it until exhausted or
+closed). For requests from many threads decoded in one batch, use `BatchScheduler` (scheduler.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tunekit.devices import DTYPES, pick_device
+from tunekit.errors import UserError
+from tunekit.eval import model_prep
+from tunekit.eval.engine import BatchRunner, Limits, Request
+from tunekit.eval.hf_fallback import hf_generate
+from tunekit.eval.kv_batch import ATTENTION_NAME, ModelShape
+
+
+@dataclass
+class GenerationParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # stop strings, excluded from the returned text
+    seed: int | None = None  # per request: a seeded request gives the same text in any batch
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int  # generated tokens, the EOS or stop-string token included
+    finish_reason: str  # "stop" (EOS or stop string) | "length"
+    latency_s: float  # submit -> last token, per request
+    ttft_s: float  # submit -> first token
+
+
+class GenerationStream(Iterator[str]):
+    """Text deltas of one request; `result` is its Generation once the deltas are exhausted (else None).
+
+    Joined, the deltas equal `result.text`: no delta ends inside a UTF-8 character or a stop string.
+    The stream holds the Generator's lock until exhausted: `close()` it to stop early."""
+
+    def __init__(self, deltas: Iterator[str], request: Request):
+        self._deltas, self._request = deltas, request
+
+    def __next__(self) -> str:
+        return next(self._deltas)
+
+    def close(self) -> None:
+        self._deltas.close()  # type: ignore[attr-defined]
+
+    @property
+    def result(self) -> Generation | None:
+        return self._request.result
+
+
+class Generator:
+    """Generation from `model` (a transformers causal LM or a PeftModel) with the run's `tokenizer`.
+
+    Args:
+        dtype: "auto" (bf16 where tunekit.devices says the CPU/GPU does bf16 natively, else fp32),
+            "bf16", "fp16" or "fp32" (exact greedy outputs). Weights not already in it are copied.
+        max_batch_size: rows decoded together (default: 32 on CPU, 128 on GPU).
+        max_batch_tokens: prompt + max_new_tokens summed over the running rows (default: what a
+            quarter of the free memory holds as KV cache).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, dtype: str = "auto", max_batch_size: int | None = None,
+                 max_batch_tokens: int | None = None):
+        if dtype != "auto" and dtype not in DTYPES:
+            raise UserError(f"unknown dtype '{dtype}'", where="dtype", fix=f"use auto or one of {', '.join(DTYPES)}")
+        for name, value in (("max_batch_size", max_batch_size), ("max_batch_tokens", max_batch_tokens)):
+            if value is not None and value < 1:
+                raise UserError(f"must be at least 1, got {value}", where=name)
+        self.device = pick_device(dtype, device=str(model_prep.model_device(model)))  # type: ignore[arg-type]
+        self.model = model_prep.inference_model(model, self.device.dtype)
+        self.tokenizer = tokenizer
+        self.eos_ids = model_prep.eos_token_ids(self.model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        self.default_adapter = self.model.active_adapter if model_prep.is_peft(self.model) else None
+        self._config = model_prep.base_model(self.model).config
+        self.shape = ModelShape.of(self._config, self.device.dtype, self.device.device)
+        self.limits = Limits(max_batch_size or model_prep.default_batch_rows(self.device),
+                             max_batch_tokens or model_prep.kv_token_budget(self.shape, self.device))
+        self._lock = threading.Lock()
+
+    def render(self, messages: list[dict]) -> str:
+        """The conversation in the tokenizer's own chat template, ready for the assistant's turn."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise UserError("the tokenizer has no chat template", fix="use the tokenizer saved with the run")
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+    def generate(self, prompts: Sequence[list[dict] | str], params: GenerationParams = GenerationParams(),
+                 adapter: str | None = None) -> list[Generation]:
+        """One Generation per prompt, in order. A str prompt is used as already rendered."""
+        adapter = self.resolve_adapter(adapter)
+        requests = [self.request(p, params, adapter) for p in prompts]
+        with self.engine(adapter) as fallback:
+            if fallback:
+                for request in requests:
+                    hf_generate(self.model, self.tokenizer, request, self.eos_ids, self.pad_id)
+            else:
+                runner = self.runner()
+                runner.add(requests)
+                while runner.busy:
+                    runner.step()
+        return [r.result for r in requests]  # type: ignore[misc]
+
+    def stream(self, prompt: list[dict] | str, params: GenerationParams = GenerationParams(),
+               adapter: str | None = None) -> GenerationStream:
+        """Text deltas as they are generated; the returned stream's `result` holds the final Generation."""
+        adapter = self.resolve_adapter(adapter)
+        request = self.request(prompt, params, adapter)
+        return GenerationStream(self._deltas(request), request)
+
+    def _deltas(self, request: Request) -> Iterator[str]:
+        sent = 0
+        with self.engine(request.adapter) as fallback:
+            if fallback:
+                hf_generate(self.model, self.tokenizer, request, self.eos_ids, self.pad_id)
+            else:
+                runner = self.runner()
+                runner.add([request])
+                while not request.done:
+                    runner.step()
+                    text = request.tracker.safe_text() if not request.done else ""
+                    if len(text) > sent:
+                        yield text[sent:]
+                        sent = len(text)
+        final = request.result.text  # type: ignore[union-attr]
+        if len(final) > sent:
+            yield final[sent:]
+
+    def request(self, prompt: list[dict] | str, params: GenerationParams, adapter: str | None) -> Request:
+        """A validated, tokenized request (for BatchScheduler; generate/stream make their own)."""
+        params = check_params(params)
+        text = prompt if isinstance(prompt, str) else self.render(prompt)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        limit = getattr(self._config, "max_position_embeddings", None)
+        if not ids:
+            raise UserError("the prompt is empty", where="prompt")
+        if limit and len(ids) >= limit:
+            raise UserError(f"the prompt is {len(ids)} tokens; the model takes at most {limit}", where="prompt",
+                            fix="shorten the prompt or the conversation history")
+        return Request(list(ids), params, adapter, self._decode)
+
+    def runner(self) -> BatchRunner:
+        return BatchRunner(self.model, self.shape, self.limits, self.eos_ids, self.pad_id, self._select_adapter)
+
+    def uses_fallback(self, adapter: str | None) -> bool:
+        return model_prep.fallback_reason(self.model, adapter) is not None
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def resolve_adapter(self, adapter: str | None) -> str | None:
+        """The adapter name a request runs with (None: the one active when the Generator was made)."""
+        if not model_prep.is_peft(self.model):
+            if adapter is not None:
+                raise UserError(f"adapter '{adapter}' asked for, but the model has no adapters", where="adapter")
+            return None
+        if adapter is None:
+            return self.default_adapter
+        if adapter not in self.model.peft_config:
+            names = ", ".join(self.model.peft_config)
+            raise UserError(f"no adapter named '{adapter}'", where="adapter", fix=f"the model has: {names}")
+        return adapter
+
+    def _select_adapter(self, adapter: str | None) -> None:
+        if adapter is not None and self.model.active_adapter != adapter:
+            self.model.set_adapter(adapter, inference_mode=True)
+
+    @contextlib.contextmanager
+    def engine(self, adapter: str | None) -> Iterator[bool]:
+        """Hold the lock, with the model in eval mode, `adapter` active and the engine's attention; yields
+        whether this adapter must go through HF generate instead.
+
+        Everything is restored afterwards, since without a dtype copy `self.model` is the caller's model."""
+        with self._lock:
+            fallback = self.uses_fallback(adapter)
+            with self._engine_mode(adapter, fallback):
+                yield fallback
+
+    @contextlib.contextmanager
+    def _engine_mode(self, adapter: str | None, fallback: bool) -> Iterator[None]:
+        saved = (self.model.training, self._config._attn_implementation, self.default_adapter
+                 and self.model.active_adapter)
+        self.model.eval()
+        self._select_adapter(adapter)
+        if not fallback:
+            self._config._attn_implementation = ATTENTION_NAME
+        try:
+            yield
+        finally:
+            self._config._attn_implementation = saved[1]
+            self._select_adapter(saved[2])
+            self.model.train(saved[0])
+
+
+def check_params(params: GenerationParams) -> GenerationParams:
+    """`params` with `stop` as a tuple, or a UserError naming the bad field (values may come from API users)."""
+    problems = []
+    if not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 1:
+        problems.append(("max_new_tokens", params.max_new_tokens, "an integer >= 1"))
+    if not (isinstance(params.temperature, (int, float)) and math.isfinite(params.temperature)
+            and params.temperature >= 0):
+        problems.append(("temperature", params.temperature, "a number >= 0 (0 = greedy)"))
+    if not (isinstance(params.top_p, (int, float)) and 0 < params.top_p <= 1):
+        problems.append(("top_p", params.top_p, "a number in (0, 1]"))
+    stop = (params.stop,) if isinstance(params.stop, str) else tuple(params.stop or ())
+    if not all(isinstance(s, str) for s in stop):
+        problems.append(("stop", params.stop, "strings"))
+    if problems:
+        field, value, allowed = problems[0]
+        raise UserError(f"{field}={value!r} is not allowed", where=f"GenerationParams.{field}", fix=f"use {allowed}")
+    return replace(params, stop=stop)

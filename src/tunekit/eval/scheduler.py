@@ -1,0 +1,146 @@
+"""Requests from many threads decoded in one batch: a background thread runs the engine while callers
+`submit` prompts and wait on a future or read a stream.
+
+    scheduler = BatchScheduler(generator)
+    job = scheduler.submit(messages, GenerationParams(max_new_tokens=128), stream=True)
+    for delta in job: ...           # text deltas (only with stream=True)
+    generation = job.result()       # blocks until done
+    scheduler.close()
+
+A request that arrives while others decode joins the running batch at the next step (continuous
+batching), so a server under 16 concurrent clients decodes them together instead of one at a time.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
+
+from tunekit.eval.engine import BatchRunner, Request
+from tunekit.eval.generate import Generation, GenerationParams, Generator
+from tunekit.eval.hf_fallback import hf_generate
+
+_END = object()
+
+
+class Submission:
+    """One submitted request: `result()` waits for its Generation; iterating yields text deltas
+    (submitted with stream=True), which joined equal the Generation's text."""
+
+    def __init__(self, request: Request, stream: bool):
+        self.request = request
+        self.future: Future[Generation] = Future()
+        self._deltas: queue.SimpleQueue[Any] | None = queue.SimpleQueue() if stream else None
+        self._sent = 0
+
+    def result(self, timeout: float | None = None) -> Generation:
+        return self.future.result(timeout)
+
+    def __iter__(self) -> Iterator[str]:
+        if self._deltas is None:
+            raise TypeError("submit(..., stream=True) to read text deltas")
+        while (item := self._deltas.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def publish(self) -> None:
+        """Called on the scheduler thread after each step: pass on new safe text, and the end."""
+        if self._deltas is not None:
+            text = self.request.result.text if self.request.done else self.request.tracker.safe_text()
+            if len(text) > self._sent:
+                self._deltas.put(text[self._sent :])
+                self._sent = len(text)
+        if self.request.done:
+            if self._deltas is not None:
+                self._deltas.put(_END)
+            self.future.set_result(self.request.result)  # type: ignore[arg-type]
+
+    def fail(self, error: BaseException) -> None:
+        if self._deltas is not None:
+            self._deltas.put(error)
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+class BatchScheduler:
+    """Decodes everything submitted to it on one background thread, through `generator`'s engine.
+
+    Shares the generator's lock, taken for each step, so direct `generate` calls still work meanwhile."""
+
+    def __init__(self, generator: Generator):
+        self.generator = generator
+        self._runner: BatchRunner = generator.runner()
+        self._incoming: list[Submission] = []
+        self._live: list[Submission] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="tunekit-batch-scheduler", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt: list[dict] | str, params: GenerationParams = GenerationParams(),
+               adapter: str | None = None, *, stream: bool = False) -> Submission:
+        """Queue a prompt; raises UserError at once for bad params, an unknown adapter or a too-long prompt."""
+        request = self.generator.request(prompt, params, self.generator.resolve_adapter(adapter))
+        submission = Submission(request, stream)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the scheduler is closed")
+            self._incoming.append(submission)
+            self._wake.notify()
+        return submission
+
+    def close(self) -> None:
+        """Finish what was submitted, then stop the thread."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+
+    def __enter__(self) -> BatchScheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._incoming or self._runner.busy or self._closed):
+                    self._wake.wait()
+                if self._closed and not (self._incoming or self._runner.busy):
+                    return
+                arrived, self._incoming = self._incoming, []
+            try:
+                self._take(arrived)
+                if self._runner.busy:
+                    with self.generator.engine(self._runner.next_adapter):
+                        self._runner.step()
+            except Exception as error:  # a failed step fails its requests, not the server's thread
+                for submission in self._live:
+                    submission.fail(error)
+                self._live, self._runner = [], self.generator.runner()
+                continue
+            for submission in self._live:
+                submission.publish()
+            self._live = [s for s in self._live if not s.request.done]
+
+    def _take(self, arrived: list[Submission]) -> None:
+        """Queue new requests in the engine; the ones it cannot batch run to the end right away."""
+        for submission in arrived:
+            adapter = submission.request.adapter
+            if self.generator.uses_fallback(adapter):
+                try:
+                    with self.generator.engine(adapter):
+                        hf_generate(self.generator.model, self.generator.tokenizer, submission.request,
+                                    self.generator.eos_ids, self.generator.pad_id)
+                except Exception as error:
+                    submission.fail(error)
+                else:
+                    submission.publish()
+            else:
+                self._runner.add([submission.request])
+                self._live.append(submission)

@@ -1,0 +1,305 @@
+"""The batched generation engine against HF generate: greedy identity, stopping, sampling, streaming,
+adapters, threads, the background scheduler, and other architectures the fast path claims."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tunekit.errors import UserError
+from tunekit.eval.generate import GenerationParams, Generator
+from tunekit.eval.scheduler import BatchScheduler
+
+PROMPTS = [[{"role": "user", "content": "hello world " * n}] for n in (1, 7, 23, 3, 40, 0)]
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Any:
+    with warnings.catch_warnings():  # PEFT's `past_key_values` deprecation chatter under transformers 5
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def scrambled(model: torch.nn.Module, std: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Larger random weights: the fixture's 0.02-std init predicts the same token forever, which would
+    make every comparison below pass trivially."""
+    rng = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, std, generator=rng)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return scrambled(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32))
+
+
+@pytest.fixture(scope="module")
+def gen(model: Any, tokenizer: Any) -> Generator:
+    return Generator(model, tokenizer, dtype="fp32")
+
+
+def hf_ids(model: Any, tokenizer: Any, text: str, max_new_tokens: int, **kwargs: Any) -> list[int]:
+    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, **kwargs)
+    return out[0, enc["input_ids"].shape[1] :].tolist()
+
+
+def hf_text(model: Any, tokenizer: Any, text: str, max_new_tokens: int, **kwargs: Any) -> str:
+    """HF's answer without its final EOS (an extra EOS id need not be a special token decode would skip)."""
+    ids = hf_ids(model, tokenizer, text, max_new_tokens, **kwargs)
+    if ids and ids[-1] in kwargs.get("eos_token_id", ()):
+        ids = ids[:-1]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_greedy_fp32_equals_hf_generate_per_prompt(gen: Generator, model: Any, tokenizer: Any) -> None:
+    outs = gen.generate(PROMPTS, GenerationParams(max_new_tokens=24))
+    expected = [hf_text(model, tokenizer, gen.render(p), 24) for p in PROMPTS]
+    assert [o.text for o in outs] == expected
+    assert len(set(expected)) == len(expected)  # the prompts really lead to different answers
+    for prompt, out in zip(PROMPTS, outs):
+        assert out.prompt_tokens == len(tokenizer(gen.render(prompt), add_special_tokens=False)["input_ids"])
+        assert (out.completion_tokens, out.finish_reason) == (24, "length")
+        assert 0 < out.ttft_s <= out.latency_s
+
+
+def test_small_batches_refill_free_slots(model: Any, tokenizer: Any, gen: Generator) -> None:
+    """Two rows at a time, rows ending at different steps (EOS): admission, merging and dropping rows."""
+    eos = [tokenizer.eos_token_id, most_common_token(gen, 20)]
+    model.generation_config.eos_token_id = eos
+    try:
+        small = Generator(model, tokenizer, dtype="fp32", max_batch_size=2)
+        outs = small.generate(PROMPTS, GenerationParams(max_new_tokens=20))
+        expected = [hf_text(model, tokenizer, gen.render(p), 20, eos_token_id=eos) for p in PROMPTS]
+    finally:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    assert [o.text for o in outs] == expected
+    assert {o.finish_reason for o in outs} == {"stop", "length"}
+    assert len({o.completion_tokens for o in outs}) > 2
+
+
+def most_common_token(gen: Generator, max_new_tokens: int) -> int:
+    """The token found in most of the greedy answers to PROMPTS: as an extra EOS, rows end at different steps."""
+    answers = [set(hf_ids(gen.model, gen.tokenizer, gen.render(p), max_new_tokens)) for p in PROMPTS]
+    return Counter(t for a in answers for t in a).most_common(1)[0][0]
+
+
+def test_generation_config_eos_stops_and_is_not_in_the_text(model: Any, tokenizer: Any) -> None:
+    text = Generator(model, tokenizer, dtype="fp32").render(PROMPTS[2])
+    ids = hf_ids(model, tokenizer, text, 12)
+    stop_id = ids[5]
+    at = ids.index(stop_id)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, stop_id]
+    try:
+        out = Generator(model, tokenizer, dtype="fp32").generate([text], GenerationParams(max_new_tokens=12))[0]
+    finally:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    assert out.finish_reason == "stop"
+    assert out.completion_tokens == at + 1  # the EOS counts as generated, as in the baseline's count
+    assert out.text == tokenizer.decode(ids[:at], skip_special_tokens=True)
+
+
+def test_stop_strings_cut_the_text_and_end_the_row(gen: Generator) -> None:
+    full = gen.generate(PROMPTS, GenerationParams(max_new_tokens=24))
+    stop = full[1].text[6:9]
+    outs = gen.generate(PROMPTS, GenerationParams(max_new_tokens=24, stop=(stop, "never appears")))
+    assert outs[1].text == full[1].text[: full[1].text.find(stop)]
+    assert outs[1].finish_reason == "stop" and outs[1].completion_tokens < 24
+    for whole, cut in zip(full, outs):
+        assert cut.text == (whole.text[: whole.text.find(stop)] if stop in whole.text else whole.text)
+
+
+def test_max_new_tokens_and_order_match_single_calls(gen: Generator) -> None:
+    batch = gen.generate(PROMPTS[::-1], GenerationParams(max_new_tokens=5))
+    singles = [gen.generate([p], GenerationParams(max_new_tokens=5))[0] for p in PROMPTS[::-1]]
+    assert [o.text for o in batch] == [o.text for o in singles]
+    assert all(o.completion_tokens == 5 and o.finish_reason == "length" for o in batch)
+    rendered = gen.generate([gen.render(PROMPTS[2])], GenerationParams(max_new_tokens=5))[0]
+    assert rendered.text == singles[-3].text  # a str prompt is taken as already rendered
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch(gen: Generator) -> None:
+    params = GenerationParams(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=7)
+    first = [o.text for o in gen.generate(PROMPTS, params)]
+    assert [o.text for o in gen.generate(PROMPTS, params)] == first
+    assert gen.generate([PROMPTS[3]], params)[0].text == first[3]
+    other = [o.text for o in gen.generate(PROMPTS, GenerationParams(max_new_tokens=16, temperature=1.0, seed=8))]
+    assert other != first
+    greedy = [o.text for o in gen.generate(PROMPTS, GenerationParams(max_new_tokens=16))]
+    assert first != greedy
+    nucleus_of_one = GenerationParams(max_new_tokens=16, temperature=1.0, top_p=1e-6, seed=3)
+    assert [o.text for o in gen.generate(PROMPTS, nucleus_of_one)] == greedy
+
+
+def test_stream_deltas_join_to_the_generated_text(gen: Generator) -> None:
+    full = gen.generate([PROMPTS[1]], GenerationParams(max_new_tokens=24))[0]
+    for params in (GenerationParams(max_new_tokens=24), GenerationParams(max_new_tokens=24, stop=(full.text[8:11],))):
+        expected = gen.generate([PROMPTS[1]], params)[0]
+        stream = gen.stream(PROMPTS[1], params)
+        deltas = list(stream)
+        assert len(deltas) > 1 and all(deltas)
+        assert "".join(deltas) == expected.text == stream.result.text
+        assert stream.result.finish_reason == expected.finish_reason
+
+
+def test_stream_never_shows_part_of_a_stop_string(gen: Generator) -> None:
+    text = gen.generate([PROMPTS[4]], GenerationParams(max_new_tokens=30))[0].text
+    stop = text[10:16]
+    final = text[: text.find(stop)]
+    shown = ""
+    for delta in gen.stream(PROMPTS[4], GenerationParams(max_new_tokens=30, stop=(stop,))):
+        shown += delta
+        assert final.startswith(shown)  # nothing shown is ever taken back
+    assert shown == final
+
+
+def test_two_lora_adapters_selected_by_name(tiny_model_dir: Path, tokenizer: Any) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = scrambled(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32))
+    lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    torch.manual_seed(1)
+    peft = get_peft_model(base, lora, adapter_name="first")
+    torch.manual_seed(2)
+    peft.add_adapter("second", lora)
+    peft.eval()
+    gen = Generator(peft, tokenizer, dtype="fp32")
+    params = GenerationParams(max_new_tokens=16)
+    by_name = {name: [o.text for o in gen.generate(PROMPTS, params, adapter=name)] for name in ("first", "second")}
+    assert by_name["first"] != by_name["second"]
+    assert [o.text for o in gen.generate(PROMPTS, params)] == by_name["first"]  # the adapter active at creation
+    for name, texts in by_name.items():
+        peft.set_adapter(name)
+        assert texts == [hf_text(peft, tokenizer, gen.render(p), 16) for p in PROMPTS]
+    assert peft.active_adapter == "second"
+    peft.set_adapter("first")
+    gen.generate(PROMPTS[:1], params, adapter="second")
+    assert peft.active_adapter == "first"  # the caller's model is left as it was
+    with pytest.raises(UserError, match="no adapter named 'third'"):
+        gen.generate(PROMPTS, params, adapter="third")
+
+
+def test_prefix_tuning_falls_back_to_hf_generate(tiny_model_dir: Path, tokenizer: Any) -> None:
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.methods import fix_prompt_learning_generate
+
+    base = scrambled(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32))
+    torch.manual_seed(3)
+    model = fix_prompt_learning_generate(get_peft_model(base, PrefixTuningConfig(num_virtual_tokens=4,
+                                                                                 task_type="CAUSAL_LM"))).eval()
+    gen = Generator(model, tokenizer, dtype="fp32")
+    assert gen.uses_fallback(None)
+    outs = gen.generate(PROMPTS[:3], GenerationParams(max_new_tokens=10))
+    assert [o.text for o in outs] == [hf_text(model, tokenizer, gen.render(p), 10) for p in PROMPTS[:3]]
+    assert "".join(gen.stream(PROMPTS[0], GenerationParams(max_new_tokens=10))) == outs[0].text
+
+
+def test_threads_calling_generate_get_their_own_results(gen: Generator) -> None:
+    params = GenerationParams(max_new_tokens=12)
+    expected = {i: gen.generate([p], params)[0].text for i, p in enumerate(PROMPTS)}
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            for _ in range(3):
+                results[i] = gen.generate([PROMPTS[i]], params)[0].text
+                assert results[i] == expected[i]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == expected
+
+
+def test_scheduler_batches_concurrent_submissions(gen: Generator) -> None:
+    params = GenerationParams(max_new_tokens=12, stop=("\n",))
+    expected = [o.text for o in gen.generate(PROMPTS, params)]
+    with BatchScheduler(gen) as scheduler:
+        jobs = [scheduler.submit(p, params, stream=i % 2 == 0) for i, p in enumerate(PROMPTS)]
+        streamed = ["".join(job) for job in jobs[::2]]
+        assert [job.result(timeout=60).text for job in jobs] == expected
+    assert streamed == expected[::2]
+    with pytest.raises(UserError):
+        scheduler.submit(PROMPTS[0], GenerationParams(temperature=-1))
+
+
+def test_bf16_copy_leaves_the_callers_model_alone(model: Any, tokenizer: Any, gen: Generator) -> None:
+    fast = Generator(model, tokenizer, dtype="bf16")
+    assert fast.model is not model and next(fast.model.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert fast.model.get_input_embeddings().weight is fast.model.get_output_embeddings().weight  # still tied
+    outs = fast.generate(PROMPTS, GenerationParams(max_new_tokens=8))
+    assert all(o.completion_tokens == 8 for o in outs)
+    assert model.config._attn_implementation == gen.model.config._attn_implementation != "tunekit_gqa"
+
+
+def test_bad_params_are_user_errors(gen: Generator) -> None:
+    for bad in (GenerationParams(max_new_tokens=0), GenerationParams(temperature=-0.5),
+                GenerationParams(top_p=0.0), GenerationParams(stop=(3,))):  # type: ignore[arg-type]
+        with pytest.raises(UserError):
+            gen.generate(PROMPTS[:1], bad)
+    with pytest.raises(UserError, match="dtype"):
+        Generator(gen.model, gen.tokenizer, dtype="int4")
+    with pytest.raises(UserError, match="no adapters"):
+        gen.generate(PROMPTS[:1], adapter="x")
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "mistral"])
+def test_other_fast_path_architectures_equal_hf_generate(arch: str, tokenizer: Any) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(arch, vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                  max_position_embeddings=512, sliding_window=None,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = scrambled(AutoModelForCausalLM.from_config(config))
+    gen = Generator(model, tokenizer, dtype="fp32")
+    assert not gen.uses_fallback(None)
+    outs = gen.generate(PROMPTS, GenerationParams(max_new_tokens=12))
+    assert [o.text for o in outs] == [hf_text(model, tokenizer, gen.render(p), 12) for p in PROMPTS]
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_fp32_equals_hf_generate(smollm2_dir: Path) -> None:
+    from tunekit.models.load import load_chat_tokenizer, load_model
+    from tunekit.models.resolve import resolve_model
+
+    resolved = resolve_model(str(smollm2_dir))
+    tokenizer, model = load_chat_tokenizer(resolved), load_model(resolved).eval()
+    questions = ["What is the capital of France?", "Write a haiku about autumn.",
+                 "Explain in two sentences what a KV cache is.", "List three prime numbers."]
+    prompts = [[{"role": "user", "content": q}] for q in questions]
+    gen = Generator(model, tokenizer, dtype="fp32")
+    outs = gen.generate(prompts, GenerationParams(max_new_tokens=32))
+    eos = sorted(gen.eos_ids)
+    assert [o.text for o in outs] == [hf_text(model, tokenizer, gen.render(p), 32, eos_token_id=eos) for p in prompts]
+    assert "Paris" in outs[0].text
