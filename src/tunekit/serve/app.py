@@ -13,7 +13,6 @@ from typing import Any
 
 try:
     from fastapi import FastAPI, Request, Security
-    from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import Response
     from fastapi.security import HTTPBearer
 except ImportError as exc:  # the serve extra is optional; everything else in tunekit works without it
@@ -96,8 +95,7 @@ async def _answer(state: Any, request: Request, body: Any, make_job: Any) -> Any
         if job.stream:
             return await stream_response(state, request, job, started)
         async with state.gate.admit():
-            answer = await asyncio.wait_for(run_in_threadpool(_prepare_and_complete, state, job),
-                                            timeout=state.serve.timeout_s)
+            answer = await asyncio.wait_for(state.run(_prepare_and_complete, state, job), timeout=state.serve.timeout_s)
     except asyncio.TimeoutError:
         error = timed_out(state.serve.timeout_s)
         _log_refusal(state, request, body, job, error, started)

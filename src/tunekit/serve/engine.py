@@ -1,4 +1,6 @@
-"""The model behind the server: tunekit's one Generator, the same decoding `tunekit eval` measured.
+"""The model behind the server: tunekit's Generator (the decoding `tunekit eval` measured) behind its
+BatchScheduler, so concurrent requests decode together in one batch (continuous batching) instead of
+taking turns.
 
 Generation errors that come from the request (an empty or too long prompt) are the client's: they become
 400s here, so they never surface as 500s.
@@ -7,7 +9,7 @@ Generation errors that come from the request (an empty or too long prompt) are t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from tunekit.errors import UserError
@@ -15,10 +17,12 @@ from tunekit.serve.errors import ApiError, timed_out
 
 
 class Engine:
-    def __init__(self, model: Any, tokenizer: Any, *, dtype: str = "auto"):
+    def __init__(self, model: Any, tokenizer: Any, *, dtype: str = "auto", max_batch_size: int | None = None):
         from tunekit.eval.generate import Generator
+        from tunekit.eval.scheduler import BatchScheduler
 
-        self.generator = Generator(model, tokenizer, dtype=dtype)
+        self.generator = Generator(model, tokenizer, dtype=dtype, max_batch_size=max_batch_size)
+        self.scheduler = BatchScheduler(self.generator)
         self.tokenizer = tokenizer
         self.context_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
@@ -38,31 +42,30 @@ class Engine:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, prompt: str, params: Any, adapter: str | None, *, deadline: float | None = None) -> Any:
-        """One answer; past `deadline` (a time.perf_counter() value) decoding stops and a 504 is raised, so a
-        request its client has given up on does not keep the model busy."""
-        if deadline is None:
-            return self.generate_batch([prompt], params, adapter)[0]
-        if time.perf_counter() > deadline:
-            raise timed_out()
-        stream = self.stream(prompt, params, adapter)  # the same decoding as generate, one token at a time
+        """One answer, decoded in the scheduler's batch; a 504 once `deadline` (time.perf_counter()) passes."""
+        submission = self._submit(prompt, params, adapter, stream=False)
         try:
-            for _ in stream:
-                if time.perf_counter() > deadline:
-                    raise timed_out()
-        finally:
-            stream.close()
-        return stream.result
+            return submission.result(None if deadline is None else max(0.0, deadline - time.perf_counter()))
+        except FutureTimeout:
+            # The scheduler cannot drop a row yet: it finishes in the batch (at most serve.max_tokens_limit
+            # tokens) while the client already has its answer.
+            raise timed_out() from None
 
     def generate_batch(self, prompts: list[str], params: Any, adapter: str | None) -> list[Any]:
-        try:
-            return self.generator.generate(prompts, params, adapter=adapter)
-        except UserError as exc:
-            raise ApiError(400, exc.render()) from exc
+        submissions = [self._submit(p, params, adapter, stream=False) for p in prompts]
+        return [s.result() for s in submissions]
 
-    def stream(self, prompt: str, params: Any, adapter: str | None) -> Iterator[str]:
-        """Text deltas; the returned stream's `result` is the Generation once it is exhausted."""
+    def stream(self, prompt: str, params: Any, adapter: str | None) -> Any:
+        """A submission to iterate for text deltas; its `result()` is the Generation once they are exhausted."""
+        return self._submit(prompt, params, adapter, stream=True)
+
+    def close(self) -> None:
+        """Finish what was submitted and stop the scheduler's thread."""
+        self.scheduler.close()
+
+    def _submit(self, prompt: str, params: Any, adapter: str | None, *, stream: bool) -> Any:
         try:
-            return self.generator.stream(prompt, params, adapter=adapter)
+            return self.scheduler.submit(prompt, params, adapter, stream=stream)
         except UserError as exc:
             raise ApiError(400, exc.render()) from exc
 

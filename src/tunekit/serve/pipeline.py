@@ -1,6 +1,6 @@
 """One request from checked job to answer: input guardrails, grounding, generation, output guardrails.
 
-Runs in a worker thread (generation blocks), so the event loop stays free to accept and refuse requests.
+Runs in a request thread (it waits on the batch), so the event loop stays free to accept and refuse requests.
 A guardrail block is not an HTTP error: the answer is the configured fallback with finish_reason
 "content_filter", which is what OpenAI itself returns when its filter withholds content, so OpenAI-client
 code already handles it. Grounded chat answers carry the sources they cite.
@@ -103,19 +103,16 @@ class Pipeline:
         """Send the answer piece by piece through `emit`, then return it whole.
 
         With output guardrails on, the answer is checked complete and sent at once: nothing unchecked
-        ever reaches the client. `emit` may raise to stop generation (client gone, deadline passed).
+        ever reaches the client. `emit` may raise to stop (client gone, deadline passed).
         """
         if prepared.blocked or self.checks_output:
             answer = self.complete(prepared)
             emit(answer.text)
             return answer
-        stream = self.engine.stream(prepared.prompt, prepared.job.params(), prepared.job.adapter)
-        try:
-            for piece in stream:
-                emit(piece)
-        finally:
-            stream.close()  # stops decoding when emit raised (client gone) and frees the model for others
-        generation = stream.result
+        submission = self.engine.stream(prepared.prompt, prepared.job.params(), prepared.job.adapter)
+        for piece in submission:
+            emit(piece)  # raises when the client is gone: we stop reading (the row finishes in the batch)
+        generation = submission.result()
         return Answer(generation.text, generation.finish_reason, prepared.prompt_tokens, generation.completion_tokens,
                       events=list(prepared.events), citations=self._citations(prepared, generation.text),
                       grounded=self.retriever is not None and prepared.messages is not None)

@@ -1,8 +1,8 @@
 """Answers in OpenAI's shapes: a whole ChatCompletion/Completion, or server-sent event chunks.
 
-Streaming runs the pipeline in a worker thread that hands each piece to the event loop through a queue.
-When the client goes away or the deadline passes, the next piece raises in the worker, which stops
-generation instead of decoding for nobody.
+Streaming runs the pipeline in a request thread that hands each piece to the event loop through a queue.
+When the client goes away or the deadline passes, the next piece raises in that thread, which stops
+reading; the row itself finishes in the batch (the scheduler cannot drop a row), bounded by max_tokens.
 """
 
 from __future__ import annotations
@@ -60,13 +60,12 @@ def respond(job: Job, answer: Answer, *, latency_ms: float) -> ChatCompletion | 
 
 async def stream_response(state: Any, request: Any, job: Job, started: float) -> Any:
     """Admit and prepare first, so refusals are still plain HTTP errors; then stream the answer."""
-    from fastapi.concurrency import run_in_threadpool
     from starlette.responses import StreamingResponse
 
     stack = AsyncExitStack()
     await stack.enter_async_context(state.gate.admit())
     try:
-        prepared = await asyncio.wait_for(run_in_threadpool(state.pipeline.prepare, job), timeout=state.serve.timeout_s)
+        prepared = await asyncio.wait_for(state.run(state.pipeline.prepare, job), timeout=state.serve.timeout_s)
     except BaseException:
         await stack.aclose()
         raise
@@ -95,7 +94,7 @@ async def _events(state: Any, request: Any, prepared: Prepared, started: float,
             result = ("error", exc)
         loop.call_soon_threadsafe(queue.put_nowait, result)
 
-    worker = loop.run_in_executor(None, work)
+    worker = loop.run_in_executor(state.workers, work)
     key_id = getattr(request.state, "key_id", None)
     deadline = started + state.serve.timeout_s
     try:
@@ -126,7 +125,7 @@ async def _events(state: Any, request: Any, prepared: Prepared, started: float,
         yield DONE
     finally:
         stop.set()
-        worker.cancel()  # only stops it if it has not started; a running one stops at its next piece
+        worker.cancel()  # only stops it if it has not started; a running one stops reading at its next piece
         await stack.aclose()
 
 

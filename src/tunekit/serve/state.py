@@ -48,6 +48,21 @@ class ServerState:
     gate: AdmissionGate | None = None  # made per app: asyncio primitives belong to one event loop
     # One writer thread: SQLite inserts leave the event loop, and rows keep their order.
     _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "tunekit-log"))
+    _workers: ThreadPoolExecutor | None = None
+
+    @property
+    def workers(self) -> ThreadPoolExecutor:
+        """Threads that run requests (guardrails, retrieval, waiting on the batch): one per admitted request,
+        so a busy server never queues an admitted request behind a shared default pool."""
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(self.serve.max_concurrency + 4, "tunekit-request")
+        return self._workers
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` on a request thread, awaited from the event loop."""
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(self.workers, fn, *args)
 
     @property
     def serve(self) -> ServeConfig:
@@ -104,6 +119,9 @@ class ServerState:
         self._writer.submit(lambda: None).result()
 
     def close(self) -> None:
+        self.engine.close()
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
         self._writer.shutdown(wait=True)
         if self.request_log is not None:
             self.request_log.close()
@@ -128,7 +146,7 @@ def build_state(target: str, *, adapters: list[tuple[str, Path]] | tuple = (), n
     served = load_served(target, adapters, name=name, say=say)
     runs = {n: (run_dir, _run_cfg(served, n, cfg)) for n, run_dir in served.runs().items()}
     dtype, dtype_note = _choose_dtype(dtype, runs)
-    engine = _engine(served, dtype)
+    engine = _engine(served, dtype, cfg.serve.max_concurrency)
     say(f"serving {', '.join(served.names)} in {engine.dtype_name}" + (f" ({dtype_note})" if dtype_note else ""))
     pipeline = Pipeline(engine, guard=_guardrails(cfg, served.tokenizer), retriever=retriever,
                         require_citations=cfg.rag.require_citations, max_input_tokens=cfg.serve.max_input_tokens)
@@ -181,10 +199,10 @@ def _choose_dtype(requested: str, runs: dict[str, tuple[Path, ProjectConfig]]) -
     return "auto", ""  # nothing evaluated to match: the fastest dtype the hardware does natively
 
 
-def _engine(served: ServedModels, dtype: str) -> Any:
+def _engine(served: ServedModels, dtype: str, max_batch_size: int) -> Any:
     from tunekit.serve.engine import Engine
 
-    return Engine(served.model, served.tokenizer, dtype=dtype)
+    return Engine(served.model, served.tokenizer, dtype=dtype, max_batch_size=max_batch_size)
 
 
 def _guardrails(cfg: ProjectConfig, tokenizer: Any) -> Any:
