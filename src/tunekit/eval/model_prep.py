@@ -40,6 +40,8 @@ def fallback_reason(model: Any, adapter: str | None) -> str | None:
         name = adapter or model.active_adapter
         if model.peft_config[name].is_prompt_learning:
             return "prefix/prompt tuning feeds virtual tokens through PEFT's own generate"
+    if is_quantized(model):
+        return "quantized (bitsandbytes) weights compute in their own dtypes"
     config = base_model(model).config
     if config.model_type not in FAST_PATH_MODEL_TYPES:
         return f"model type '{config.model_type}' is not one the batched engine was checked on"
