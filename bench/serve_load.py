@@ -5,7 +5,7 @@ port, waits for /health, then runs N clients for D seconds; each sends a chat co
 sends the next. Prints one JSON line: requests/s, p50/p95/max latency, completion tokens/s and the error
 count (the target is 0 errors: no 429s, 503s or timeouts at this load with the default queue).
 
-  .venv/bin/python bench/serve_load.py [--target smollm2-135m-instruct] [--clients 16] [--duration 60]
+  .venv/bin/python bench/serve_load.py [--target smollm2-135m-instruct] [--clients 16] [--duration 60] [KEY=VALUE ...]
   .venv/bin/python bench/serve_load.py --url http://127.0.0.1:8000/v1 --model NAME   # a running server
 """
 
@@ -109,6 +109,7 @@ def summary(args: argparse.Namespace, result: dict, startup_s: float | None) -> 
     return {
         "bench": "serve_load",
         "target": args.url or args.target,
+        "overrides": args.overrides,
         "model": result["model"],
         "clients": args.clients,
         "duration_s": round(result["elapsed"], 1),
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("overrides", nargs="*", help="config overrides for the server, e.g. serve.max_concurrency=16")
     args = parser.parse_args()
     proc, startup = None, None
     if args.url:
@@ -143,7 +145,8 @@ def main() -> None:
         port = free_port()
         # Default limits, except the per-key rate limit: every client here shares one key and one address.
         proc = start_server(args.target, port, ["serve.rate_limit_per_minute=1000000",
-                                                f"serve.log_db={ROOT / 'runs' / 'bench-serve-load.db'}"])
+                                                f"serve.log_db={ROOT / 'runs' / 'bench-serve-load.db'}",
+                                                *args.overrides])
         startup = wait_healthy(proc, f"http://127.0.0.1:{port}")
         base_url = f"http://127.0.0.1:{port}/v1"
     try:
