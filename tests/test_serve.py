@@ -341,6 +341,7 @@ def test_metrics_count_requests_latency_tokens_and_errors(server):
     assert float(samples['tunekit_request_latency_seconds_count{endpoint="/v1/chat/completions"}']) >= 2
     assert float(samples['tunekit_tokens_total{kind="completion",model="alpha"}']) >= 1
     assert float(samples['tunekit_errors_total{endpoint="/v1/chat/completions",type="model_not_found"}']) >= 1
+    assert 'model="nope"' not in text  # unknown names are one "unknown" label, however many clients invent
 
 
 def test_every_request_is_logged_with_pii_redacted(server, project):

@@ -99,12 +99,15 @@ class ApiMiddleware:
         error = None
         if status >= 400:
             error = request_state.get("error_code") or ERROR_CODES.get(status) or ERROR_TYPES.get(status, "error")
-        self.state.metrics.record(endpoint=endpoint, model=request_state.get("model", ""), status=status,
+        model = request_state.get("model", "")
+        # Label values must come from a fixed set: a client inventing model names must not grow /metrics.
+        label = model if not model or model in self.state.served.names else "unknown"
+        self.state.metrics.record(endpoint=endpoint, model=label, status=status,
                                   latency_s=latency, error_type=error)
         if status >= 400 and path in GENERATION_ENDPOINTS and not request_state.get("logged") \
                 and not request_state.get("unlogged"):
             # Refused before the route ran (bad JSON, too large, throttled): still one row in the log.
-            self.state.log_failure(endpoint=path, model=request_state.get("model", ""),
+            self.state.log_failure(endpoint=path, model=model,
                                    key_id=request_state.get("key_id"), status=status, error=error,
                                    latency_ms=latency * 1000)
 

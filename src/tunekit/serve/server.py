@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from tunekit.serve.auth import check_bind_is_safe
+
 STARTUP_TIMEOUT_S = 30.0
 
 
@@ -51,6 +53,7 @@ def run_forever(state: Any, host: str, port: int) -> None:
     """Serve until Ctrl-C or SIGTERM (uvicorn handles both and finishes requests in flight)."""
     from tunekit.serve.app import create_app
 
+    check_bind_is_safe(host, state.keys, state.serve.api_keys_env)
     uvicorn_server(create_app(state), host, port).run()
 
 
@@ -59,6 +62,7 @@ def serve_in_thread(state: Any, host: str = "127.0.0.1", port: int = 0) -> Itera
     """Start a real server on `host:port` in a daemon thread; stop it (finishing requests) on exit."""
     from tunekit.serve.app import create_app
 
+    check_bind_is_safe(host, state.keys, state.serve.api_keys_env)
     server = uvicorn_server(create_app(state), host, port)
     thread = threading.Thread(target=server.run, name="tunekit-serve", daemon=True)
     thread.start()
