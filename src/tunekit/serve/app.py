@@ -37,8 +37,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
                          (413, "request body too large"), (429, "rate limit reached"), (503, "overloaded"),
                          (504, "generation timed out"))
 }
+# One event per chunk (OpenAPI 3.2 describes SSE streams by the schema of each event).
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"data": {"type": "string", "description": "a JSON chunk; the last event is [DONE]"}}}
 STREAM_RESPONSE = {"description": "with stream=true: server-sent events, one chunk per piece, then [DONE]",
-                   "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+                   "content": {"text/event-stream": {"itemSchema": SSE_EVENT}}}
 
 
 def create_app(state: Any) -> FastAPI:
@@ -53,6 +56,8 @@ def create_app(state: Any) -> FastAPI:
     # Declares bearer auth in the OpenAPI document; the middleware enforces it (before the body is read).
     bearer = [Security(HTTPBearer(auto_error=False))]
     chat_responses = {**ERROR_RESPONSES, 200: STREAM_RESPONSE}
+
+    app.openapi = lambda: _openapi_with_limits(app, state.serve.max_tokens_limit)
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
@@ -126,3 +131,19 @@ def _body_messages(body: Any) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.content if isinstance(m.content, str) else ""} for m in body.messages]
     prompt = body.prompt if isinstance(body.prompt, str) else "\n".join(body.prompt)
     return [{"role": "user", "content": prompt}]
+
+
+def _openapi_with_limits(app: FastAPI, max_tokens_limit: int) -> dict[str, Any]:
+    """The OpenAPI document with this server's configured token limit in it, so clients can read it."""
+    from fastapi.openapi.utils import get_openapi
+
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for name in ("ChatCompletionRequest", "CompletionRequest"):
+            fields = schema["components"]["schemas"][name]["properties"]
+            for field in ("max_tokens", "max_completion_tokens"):
+                for option in fields.get(field, {}).get("anyOf", []):
+                    if option.get("type") == "integer":
+                        option["maximum"] = max_tokens_limit
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -10,7 +10,7 @@ from typing import Any
 
 from tunekit.config_stages import ServeConfig
 from tunekit.serve.errors import ApiError
-from tunekit.serve.schemas import MAX_STOP_SEQUENCES, ROLE_ALIASES, ChatCompletionRequest, CompletionRequest
+from tunekit.serve.schemas import ROLE_ALIASES, ChatCompletionRequest, CompletionRequest
 
 
 @dataclass
@@ -42,37 +42,23 @@ class Job:
 
 
 def chat_job(body: ChatCompletionRequest, serve: ServeConfig, adapter_for: Any) -> Job:
-    if body.tools:
-        raise ApiError(400, "Tool calling is not supported by this server.", param="tools")
     requested = body.max_completion_tokens or body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-    return Job(endpoint="/v1/chat/completions", messages=[_plain(m, i) for i, m in enumerate(body.messages)],
+    return Job(endpoint="/v1/chat/completions", messages=[_plain(m) for m in body.messages],
                prompt=None, **_common(body, serve, adapter_for, requested, param))
 
 
 def completion_job(body: CompletionRequest, serve: ServeConfig, adapter_for: Any) -> Job:
-    prompt = body.prompt
-    if isinstance(prompt, list):
-        if len(prompt) != 1:
-            raise ApiError(400, "Send exactly one prompt per request.", param="prompt")
-        prompt = prompt[0]
-    if body.echo:
-        raise ApiError(400, "echo is not supported by this server.", param="echo")
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]  # the schema allows one
     return Job(endpoint="/v1/completions", messages=None, prompt=prompt,
                **_common(body, serve, adapter_for, body.max_tokens, "max_tokens"))
 
 
 def _common(body: Any, serve: ServeConfig, adapter_for: Any, requested: int | None, param: str) -> dict[str, Any]:
-    if body.n not in (None, 1):
-        raise ApiError(400, "Only n=1 is supported.", param="n")
-    if body.logprobs:
-        raise ApiError(400, "logprobs are not supported by this server.", param="logprobs")
     if requested is not None and requested > serve.max_tokens_limit:
         raise ApiError(400, f"{param} is {requested}, above this server's limit of {serve.max_tokens_limit}.",
                        param=param, code="max_tokens_exceeded")
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stop) > MAX_STOP_SEQUENCES or any(not s for s in stop):
-        raise ApiError(400, f"stop takes 1 to {MAX_STOP_SEQUENCES} non-empty sequences.", param="stop")
     return {
         "model": body.model,
         "adapter": adapter_for(body.model),  # 404 for an unknown name
@@ -87,13 +73,9 @@ def _common(body: Any, serve: ServeConfig, adapter_for: Any, requested: int | No
     }
 
 
-def _plain(message: Any, index: int) -> dict[str, str]:
+def _plain(message: Any) -> dict[str, str]:
     """{"role", "content"} with text content: what chat templates take."""
     content = message.content
-    if isinstance(content, list):
-        kinds = {part.type for part in content}
-        if kinds - {"text"}:
-            raise ApiError(400, f"Only text content is supported, got {sorted(kinds - {'text'})}.",
-                           param=f"messages.{index}.content")
+    if isinstance(content, list):  # text parts only: the schema refuses images and audio
         content = "\n".join(part.text or "" for part in content)
     return {"role": ROLE_ALIASES.get(message.role, message.role), "content": content or ""}

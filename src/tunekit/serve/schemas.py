@@ -2,14 +2,15 @@
 
 They double as the server's OpenAPI document (which schemathesis tests against). Requests accept and
 ignore fields we do not use, as OpenAI's own SDKs send many optional ones; fields we cannot honour
-(n > 1, logprobs, tools) are rejected with a 400 instead of being silently dropped.
+(n > 1, logprobs, tools, echo) are constrained in the schema itself, so the document says what is
+refused and a request asking for them gets a 400 instead of being silently answered without them.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,12 +19,15 @@ ROLE_ALIASES = {"developer": "system"}
 MAX_STOP_SEQUENCES = 4  # OpenAI's own limit
 
 
+NonEmptyText = Annotated[str, Field(min_length=1)]
+
+
 class Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
 class ContentPart(Lenient):
-    type: str = Field(description="only 'text' parts are supported")
+    type: Literal["text"] = Field(description="only text parts are supported")
     text: str | None = None
 
 
@@ -44,24 +48,26 @@ class SamplingFields(Lenient):
     max_tokens: int | None = Field(None, ge=1, description="default and maximum: serve.max_tokens_limit")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="default 0: greedy, as evaluated")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int | None = Field(None, ge=1, description="only 1 is supported")
+    n: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOP_SEQUENCES} stop sequences")
+    stop: NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=MAX_STOP_SEQUENCES)] | None = Field(
+        None, description=f"up to {MAX_STOP_SEQUENCES} stop sequences")
     seed: int | None = None
     user: str | None = None
-    logprobs: bool | int | None = Field(None, description="not supported")
+    logprobs: Literal[False, 0] | None = Field(None, description="not supported: omit it or send false")
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
-    tools: list[dict[str, Any]] | None = Field(None, description="not supported")
+    tools: list[dict[str, Any]] | None = Field(None, max_length=0, description="tool calling is not supported")
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] = Field(description="one prompt (a list must hold exactly one)")
-    echo: bool | None = False
+    prompt: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=1)] = Field(
+        description="one prompt (a list must hold exactly one)")
+    echo: Literal[False] | None = Field(False, description="not supported")
 
 
 class Usage(BaseModel):
