@@ -295,6 +295,30 @@ def test_timeout_is_504(server):
         serve.timeout_s = saved
 
 
+def test_a_client_leaving_mid_stream_frees_its_slot_and_is_logged(server, project):
+    serve = server.state.cfg.serve
+    saved = serve.max_tokens_limit
+    serve.max_tokens_limit = 900
+    body = {"model": "beta", "messages": [{"role": "user", "content": "tell me a long story"}], "max_tokens": 900,
+            "stream": True, "temperature": 1.0, "seed": 7}
+    try:
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60,
+                          headers={"Authorization": f"Bearer {KEY}"}) as response:
+            for number, _ in enumerate(response.iter_lines()):
+                if number == 3:
+                    break
+    finally:
+        serve.max_tokens_limit = saved
+    deadline = time.time() + 10
+    while httpx.get(server.url + "/health").json()["in_flight"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(server.url + "/health").json()["in_flight"] == 0
+    server.state.flush()
+    with sqlite3.connect(project.root / "requests.db") as db:
+        status, model = db.execute("SELECT status, model FROM requests ORDER BY id DESC LIMIT 1").fetchone()
+    assert (status, model) == (499, "beta")
+
+
 def test_full_queue_is_503():
     async def scenario():
         gate = AdmissionGate(max_concurrency=1, queue_size=1)

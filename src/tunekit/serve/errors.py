@@ -21,12 +21,13 @@ ERROR_TYPES = {
     405: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+    499: "client_closed_request",
     500: "server_error",
     503: "server_error",
     504: "timeout",
 }
 ERROR_CODES = {401: "invalid_api_key", 404: "not_found", 413: "request_too_large", 429: "rate_limit_exceeded",
-               503: "overloaded", 504: "timeout"}
+               499: "client_closed_request", 503: "overloaded", 504: "timeout"}
 JSON_HINT = ("We could not parse the JSON body of your request: send a JSON object with "
              "Content-Type: application/json.")
 

@@ -97,6 +97,7 @@ async def _events(state: Any, request: Any, prepared: Prepared, started: float,
     worker = loop.run_in_executor(state.workers, work)
     key_id = getattr(request.state, "key_id", None)
     deadline = started + state.serve.timeout_s
+    ended = False
     try:
         yield chunks.first()
         while True:
@@ -108,6 +109,7 @@ async def _events(state: Any, request: Any, prepared: Prepared, started: float,
                 if value:
                     yield chunks.piece(value)
                 continue
+            ended = True
             if kind == "done":
                 state.log_answer(key_id, job, value, (time.perf_counter() - started) * 1000)
                 for chunk in chunks.last(value):
@@ -116,17 +118,23 @@ async def _events(state: Any, request: Any, prepared: Prepared, started: float,
                 error = value if isinstance(value, ApiError) else ApiError(500, "Generation failed.")
                 if not isinstance(value, ApiError | StreamCancelled):
                     state.report_unexpected(value)
-                request.state.error_code = error.code or error.type
-                state.log_failure(endpoint=job.endpoint, model=job.model, key_id=key_id, status=error.status,
-                                  error=error.message, latency_ms=(time.perf_counter() - started) * 1000,
-                                  messages=job.logged_messages())
+                # The response already started as a 200: the error goes in the stream, as OpenAI sends it.
+                _log_stream_error(state, job, key_id, error, started)
                 yield f"data: {json.dumps(error.body())}\n\n"
             break
         yield DONE
     finally:
+        if not ended:  # the client went away mid-stream (nginx's 499: client closed request)
+            _log_stream_error(state, job, key_id, ApiError(499, "The client closed the connection."), started)
         stop.set()
         worker.cancel()  # only stops it if it has not started; a running one stops reading at its next piece
         await stack.aclose()
+
+
+def _log_stream_error(state: Any, job: Job, key_id: str | None, error: ApiError, started: float) -> None:
+    state.metrics.errors.labels(job.endpoint, error.code or error.type).inc()
+    state.log_failure(endpoint=job.endpoint, model=job.model, key_id=key_id, status=error.status, error=error.message,
+                      latency_ms=(time.perf_counter() - started) * 1000, messages=job.logged_messages())
 
 
 class _Chunks:
