@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections import Counter
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,21 @@ def test_scheduler_batches_concurrent_submissions(gen: Generator) -> None:
     assert streamed == expected[::2]
     with pytest.raises(UserError):
         scheduler.submit(PROMPTS[0], GenerationParams(temperature=-1))
+
+
+def test_cancelled_submissions_leave_the_batch(gen: Generator) -> None:
+    with BatchScheduler(gen) as scheduler:
+        long = [scheduler.submit(p, GenerationParams(max_new_tokens=400), stream=True) for p in PROMPTS[:3]]
+        short = scheduler.submit(PROMPTS[3], GenerationParams(max_new_tokens=8))
+        first = next(iter(long[0]))  # decoding has started
+        for job in long:
+            job.cancel()
+        assert short.result(timeout=60).completion_tokens == 8
+    assert first
+    for job in long:
+        with pytest.raises(CancelledError):
+            job.result()
+        assert job.request.completion_tokens < 400
 
 
 def test_bf16_copy_leaves_the_callers_model_alone(model: Any, tokenizer: Any, gen: Generator) -> None:

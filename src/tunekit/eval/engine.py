@@ -40,6 +40,7 @@ class Request:
     first_token_at: float | None = None
     completion_tokens: int = 0
     result: Generation | None = None
+    cancelled: bool = False  # set from any thread; the runner drops the row before its next step
 
     def __post_init__(self) -> None:
         self.tracker = TextTracker(self.decode, self.params.stop)
@@ -108,12 +109,22 @@ class BatchRunner:
 
     @torch.inference_mode()
     def step(self) -> None:
-        """Admit what fits, then decode one token for every running row."""
+        """Drop cancelled requests, admit what fits, then decode one token for every running row."""
+        self._drop_cancelled()
         self._admit()
         if self.batch is None:
             return
         logits = self.batch.step(self.model)
         self._take_tokens(self.batch, logits)
+
+    def _drop_cancelled(self) -> None:
+        self.pending = [r for r in self.pending if not r.cancelled]
+        if self.batch is not None and any(r.cancelled for r in self.batch.rows):
+            alive = [i for i, r in enumerate(self.batch.rows) if not r.cancelled]
+            if alive:
+                self.batch.keep(alive)
+            else:
+                self.batch = None
 
     def _admit(self) -> None:
         admitted = self._admissible()

@@ -13,10 +13,11 @@ batching), so a server under 16 concurrent clients decodes them together instead
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
 
 from tunekit.eval.engine import BatchRunner, Request
@@ -37,7 +38,16 @@ class Submission:
         self._sent = 0
 
     def result(self, timeout: float | None = None) -> Generation:
+        """The Generation; raises concurrent.futures.CancelledError after `cancel()`."""
         return self.future.result(timeout)
+
+    def cancel(self) -> None:
+        """Stop generating (e.g. the client went away or timed out): the row leaves the batch at the next
+        step, and `result()` and the stream raise CancelledError. No-op once finished."""
+        if self.future.cancel():
+            self.request.cancelled = True
+            if self._deltas is not None:
+                self._deltas.put(CancelledError())
 
     def __iter__(self) -> Iterator[str]:
         if self._deltas is None:
@@ -49,6 +59,8 @@ class Submission:
 
     def publish(self) -> None:
         """Called on the scheduler thread after each step: pass on new safe text, and the end."""
+        if self.future.cancelled():
+            return
         if self._deltas is not None:
             text = self.request.result.text if self.request.done else self.request.tracker.safe_text()
             if len(text) > self._sent:
@@ -57,12 +69,13 @@ class Submission:
         if self.request.done:
             if self._deltas is not None:
                 self._deltas.put(_END)
-            self.future.set_result(self.request.result)  # type: ignore[arg-type]
+            with contextlib.suppress(InvalidStateError):  # cancelled by its caller a moment ago
+                self.future.set_result(self.request.result)  # type: ignore[arg-type]
 
     def fail(self, error: BaseException) -> None:
         if self._deltas is not None:
             self._deltas.put(error)
-        if not self.future.done():
+        with contextlib.suppress(InvalidStateError):
             self.future.set_exception(error)
 
 
@@ -126,7 +139,7 @@ class BatchScheduler:
                 continue
             for submission in self._live:
                 submission.publish()
-            self._live = [s for s in self._live if not s.request.done]
+            self._live = [s for s in self._live if not (s.request.done or s.request.cancelled)]
 
     def _take(self, arrived: list[Submission]) -> None:
         """Queue new requests in the engine; the ones it cannot batch run to the end right away."""
