@@ -99,8 +99,9 @@ async def _answer(state: Any, request: Request, body: Any, make_job: Any) -> Any
         job.deadline = started + state.serve.timeout_s
         if job.stream:
             return await stream_response(state, request, job, started)
-        async with state.gate.admit():
-            answer = await asyncio.wait_for(state.run(_prepare_and_complete, state, job), timeout=state.serve.timeout_s)
+        async with state.gate.admit():  # time waiting here counts toward the timeout too
+            remaining = max(0.0, job.deadline - time.perf_counter())
+            answer = await asyncio.wait_for(state.run(_prepare_and_complete, state, job), timeout=remaining)
     except asyncio.TimeoutError:
         error = timed_out(state.serve.timeout_s)
         _log_refusal(state, request, body, job, error, started)

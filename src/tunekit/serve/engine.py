@@ -43,6 +43,8 @@ class Engine:
 
     def generate(self, prompt: str, params: Any, adapter: str | None, *, deadline: float | None = None) -> Any:
         """One answer, decoded in the scheduler's batch; a 504 once `deadline` (time.perf_counter()) passes."""
+        if deadline is not None and time.perf_counter() >= deadline:
+            raise timed_out()  # never queue work whose client has already been told it timed out
         submission = self._submit(prompt, params, adapter, stream=False)
         try:
             return submission.result(None if deadline is None else max(0.0, deadline - time.perf_counter()))

@@ -65,7 +65,8 @@ async def stream_response(state: Any, request: Any, job: Job, started: float) ->
     stack = AsyncExitStack()
     await stack.enter_async_context(state.gate.admit())
     try:
-        prepared = await asyncio.wait_for(state.run(state.pipeline.prepare, job), timeout=state.serve.timeout_s)
+        remaining = max(0.0, job.deadline - time.perf_counter())  # admission wait counts toward the timeout
+        prepared = await asyncio.wait_for(state.run(state.pipeline.prepare, job), timeout=remaining)
     except BaseException:
         await stack.aclose()
         raise
@@ -96,13 +97,12 @@ async def _events(state: Any, request: Any, prepared: Prepared, started: float,
 
     worker = loop.run_in_executor(state.workers, work)
     key_id = getattr(request.state, "key_id", None)
-    deadline = started + state.serve.timeout_s
     ended = False
     try:
         yield chunks.first()
         while True:
             try:
-                kind, value = await asyncio.wait_for(queue.get(), timeout=max(0.0, deadline - time.perf_counter()))
+                kind, value = await asyncio.wait_for(queue.get(), timeout=max(0.0, job.deadline - time.perf_counter()))
             except asyncio.TimeoutError:
                 kind, value = "error", timed_out(state.serve.timeout_s)
             if kind == "piece":
