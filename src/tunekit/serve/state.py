@@ -140,7 +140,8 @@ def build_state(target: str, *, adapters: list[tuple[str, Path]] | tuple = (), n
 
     offline_and_quiet()
     adapters = list(adapters)
-    cfg = serve_config(target, adapters, config, list(overrides))  # every setting checked before a model loads
+    # Every setting is checked before a model loads: the config, the guard's regexes and schema, the index.
+    cfg = serve_config(target, adapters, config, list(overrides))
     _guardrails(cfg, None)
     retriever = _retriever(cfg, say)
     served = load_served(target, adapters, name=name, say=say)
