@@ -49,8 +49,7 @@ class Engine:
         try:
             return submission.result(None if deadline is None else max(0.0, deadline - time.perf_counter()))
         except FutureTimeout:
-            # The scheduler cannot drop a row yet: it finishes in the batch (at most serve.max_tokens_limit
-            # tokens) while the client already has its answer.
+            submission.cancel()  # the row leaves the batch at the next step: no decoding for nobody
             raise timed_out() from None
 
     def generate_batch(self, prompts: list[str], params: Any, adapter: str | None) -> list[Any]:
@@ -58,7 +57,8 @@ class Engine:
         return [s.result() for s in submissions]
 
     def stream(self, prompt: str, params: Any, adapter: str | None) -> Any:
-        """A submission to iterate for text deltas; its `result()` is the Generation once they are exhausted."""
+        """A submission to iterate for text deltas; its `result()` is the Generation once they are exhausted,
+        and `cancel()` takes it out of the batch."""
         return self._submit(prompt, params, adapter, stream=True)
 
     def close(self) -> None:

@@ -99,19 +99,27 @@ class Pipeline:
         answer.citations = self._citations(prepared, answer.text)
         return answer
 
-    def stream(self, prepared: Prepared, emit: Callable[[str], None]) -> Answer:
+    def stream(self, prepared: Prepared, emit: Callable[[str], None],
+               submitted: Callable[[Any], None] | None = None) -> Answer:
         """Send the answer piece by piece through `emit`, then return it whole.
 
         With output guardrails on, the answer is checked complete and sent at once: nothing unchecked
-        ever reaches the client. `emit` may raise to stop (client gone, deadline passed).
+        ever reaches the client. `emit` may raise to stop (client gone, deadline passed); `submitted`
+        receives the scheduler submission, so the caller can cancel it from another thread.
         """
         if prepared.blocked or self.checks_output:
             answer = self.complete(prepared)
             emit(answer.text)
             return answer
         submission = self.engine.stream(prepared.prompt, prepared.job.params(), prepared.job.adapter)
-        for piece in submission:
-            emit(piece)  # raises when the client is gone: we stop reading (the row finishes in the batch)
+        if submitted is not None:
+            submitted(submission)
+        try:
+            for piece in submission:
+                emit(piece)
+        except BaseException:
+            submission.cancel()  # the client is gone or out of time: the row leaves the batch
+            raise
         generation = submission.result()
         return Answer(generation.text, generation.finish_reason, prepared.prompt_tokens, generation.completion_tokens,
                       events=list(prepared.events), citations=self._citations(prepared, generation.text),

@@ -1,8 +1,8 @@
 """Answers in OpenAI's shapes: a whole ChatCompletion/Completion, or server-sent event chunks.
 
 Streaming runs the pipeline in a request thread that hands each piece to the event loop through a queue.
-When the client goes away or the deadline passes, the next piece raises in that thread, which stops
-reading; the row itself finishes in the batch (the scheduler cannot drop a row), bounded by max_tokens.
+When the client goes away or the deadline passes, the submission is cancelled: its row leaves the batch
+at the next decoding step, so nobody's slot is spent on an answer no one reads.
 """
 
 from __future__ import annotations
@@ -88,9 +88,11 @@ async def _events(state: Any, request: Any, prepared: Prepared, started: float,
             raise StreamCancelled
         loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
 
+    submissions: list[Any] = []
+
     def work() -> None:
         try:
-            result = ("done", state.pipeline.stream(prepared, emit))
+            result = ("done", state.pipeline.stream(prepared, emit, submissions.append))
         except BaseException as exc:  # handed to the event loop, which reports it to the client
             result = ("error", exc)
         loop.call_soon_threadsafe(queue.put_nowait, result)
@@ -127,7 +129,9 @@ async def _events(state: Any, request: Any, prepared: Prepared, started: float,
         if not ended:  # the client went away mid-stream (nginx's 499: client closed request)
             _log_stream_error(state, job, key_id, ApiError(499, "The client closed the connection."), started)
         stop.set()
-        worker.cancel()  # only stops it if it has not started; a running one stops reading at its next piece
+        worker.cancel()  # only stops it if it has not started
+        for submission in submissions:
+            submission.cancel()  # no-op when it finished; else its row leaves the batch
         await stack.aclose()
 
 
