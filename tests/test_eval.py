@@ -81,16 +81,16 @@ def test_rag_without_an_index_is_skipped_not_faked(trained):
     assert rag["status"] == "skipped" and "index" in rag["skip_reason"] and rag["metrics"] == {}
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("eval.metrics=[exact_match,acuracy]", "acuracy"),
-    ('eval.gates=["rouge_l >= 0.5"]', "not computed"),
-    ("eval.candidates=[zero_shot,gpt5]", "unknown candidate 'gpt5'"),
-    ("eval.metrics=[accuracy] eval.labels=[red,green]", "not in eval.labels"),
-    ("eval.primary_metric=token_f1", "primary metric"),
-    ("eval.json_schema=missing.json eval.metrics=[json_schema]", "does not exist"),
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["eval.metrics=[exact_match,acuracy]"], "acuracy"),
+    (['eval.gates=["rouge_l >= 0.5"]'], "not computed"),
+    (["eval.candidates=[zero_shot,gpt5]"], "unknown candidate 'gpt5'"),
+    (["eval.metrics=[accuracy]", "eval.labels=[red,green]"], "not in eval.labels"),
+    (["eval.primary_metric=token_f1"], "primary metric"),
+    (["eval.json_schema=missing.json", "eval.metrics=[json_schema]"], "does not exist"),
 ])
-def test_bad_configs_fail_before_any_model_loads(trained, override, message):
-    proc = _eval(trained, *override.split(" "))
+def test_bad_configs_fail_before_any_model_loads(trained, overrides, message):
+    proc = _eval(trained, *overrides)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and "evaluating" not in proc.stderr

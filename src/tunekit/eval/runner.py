@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,10 @@ def check_eval(cfg: ProjectConfig) -> EvalPlan:
     if needs_labels or cfg.eval.labels:
         ctx.labels = resolve_labels(cfg, test, train)
     check_metrics(metrics, ctx)
+    if cfg.eval.safety and cfg.guard.enabled:
+        from tunekit.guard import validate_guard_config
+
+        validate_guard_config(cfg)
     return EvalPlan(cfg, test, train, specs, gates, primary, ctx, _checked_template(cfg, specs), eval_out_dir(cfg))
 
 
@@ -140,6 +144,7 @@ def _evaluate(spec: CandidateSpec, plan: EvalPlan, say: Any) -> dict[str, Any]:
         generations = generator.generate(prompts, params)
         wall = time.perf_counter() - start
         safety = _safety(generator, cfg) if cfg.eval.safety else {}
+        dtype = generator.device.dtype_name  # what "auto" resolved to: serve's preflight repeats it
     predictions = [g.text for g in generations]
     metrics, details, per_example = _score(plan, spec, predictions)
     metrics.update(_system(cfg, spec.name, generations, wall))
@@ -147,7 +152,7 @@ def _evaluate(spec: CandidateSpec, plan: EvalPlan, say: Any) -> dict[str, Any]:
     say(f"  {spec.name}: {plan.primary} {metrics[plan.primary]:.4f}, "
         f"p95 latency {metrics['latency_p95_ms']:.0f} ms, {wall:.1f} s")
     return {"name": spec.name, "kind": spec.kind, "model": spec.source, "status": "ok", "skip_reason": None,
-            "metrics": metrics, "gate_results": [], "passed_all": False,
+            "metrics": metrics, "gate_results": [], "passed_all": False, "dtype": dtype,
             "latencies_ms": [round(g.latency_s * 1000, 2) for g in generations], "details": details,
             "_predictions": predictions, "_prompts": prompts, "_correct": per_example,
             "_retrieved": spec.retrieved, "_generations": generations}
@@ -157,8 +162,8 @@ def _score(plan: EvalPlan, spec: CandidateSpec, predictions: list[str]) -> tuple
     from tunekit.eval.metrics import get_metric
 
     ctx = plan.ctx
-    if spec.retrieved and hasattr(ctx, "retrieved"):
-        ctx = type(ctx)(**{**ctx.__dict__, "retrieved": spec.retrieved})
+    if spec.retrieved:
+        ctx = replace(ctx, retrieved=spec.retrieved)  # citation_accuracy checks ids against these
     metrics, details, per_example = {}, {}, None
     for name in plan.cfg.eval.metrics:
         result = get_metric(name).compute(predictions, plan.test.references, ctx)
@@ -246,13 +251,19 @@ def _result(plan: EvalPlan, candidates: list[dict[str, Any]], comparisons: list[
         "primary_metric": plan.primary,
         "metrics": list(plan.cfg.eval.metrics),
         "gates": [{"text": g.text, "metric": g.metric, "op": g.op, "threshold": g.threshold} for g in plan.gates],
-        "dtype": plan.cfg.eval.dtype,
+        "dtype": _resolved_dtype(plan, candidates),
+        "max_new_tokens": plan.cfg.eval.max_new_tokens,
         "candidates": [{k: v for k, v in c.items() if not k.startswith("_")} for c in candidates],
         "comparisons": comparisons,
         "decision": decision,
         "disagreements": _disagreements(plan, candidates, decision),
         "warnings": warnings,
     }
+
+
+def _resolved_dtype(plan: EvalPlan, candidates: list[dict[str, Any]]) -> str:
+    tuned = [c.get("dtype") for c in candidates if c["kind"] == "finetuned" and c.get("dtype")]
+    return tuned[0] if tuned else plan.cfg.eval.dtype
 
 
 def _previous_test_hash(out_dir: Path) -> str | None:
