@@ -36,7 +36,11 @@ demo: setup
 	$(BIN)/tunekit data check $(DEMO)/tickets.jsonl --config $(DEMO)/tunekit.yaml || test $$? -eq 1
 	$(BIN)/tunekit data prepare $(DEMO)/tunekit.yaml run_dir=$(DEMO_RUN)
 	$(BIN)/tunekit train $(DEMO)/tunekit.yaml run_dir=$(DEMO_RUN)
-	@echo "Demo run folder: $(DEMO_RUN) (data report: $(DEMO_RUN)/data/data_report.md)"
+	$(BIN)/tunekit index --config $(DEMO)/tunekit.yaml
+	# Exit 1 from eval means "nothing meets the gates": a verdict, not a broken demo.
+	$(BIN)/tunekit eval $(DEMO)/tunekit.yaml run_dir=$(DEMO_RUN) || test $$? -eq 1
+	$(BIN)/python scripts/serve_demo.py $(DEMO_RUN) --config $(DEMO)/tunekit.yaml
+	@echo "Demo run folder: $(DEMO_RUN) (data report: $(DEMO_RUN)/data/data_report.md, eval report: $(DEMO_RUN)/eval/report.md)"
 
 clean:
 	rm -rf $(VENV) runs
