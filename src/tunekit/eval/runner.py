@@ -16,7 +16,14 @@ from typing import Any
 from tunekit.config import ProjectConfig
 from tunekit.data.records import Example
 from tunekit.errors import ConfigError, UserError
-from tunekit.eval.candidates import CandidateSpec, build_prompts, finetuned_run_dir, loaded_model, plan_candidates
+from tunekit.eval.candidates import (
+    BASELINE_KINDS,
+    CandidateSpec,
+    build_prompts,
+    finetuned_run_dir,
+    loaded_model,
+    plan_candidates,
+)
 from tunekit.eval.decision import apply_gates, decide
 from tunekit.eval.gates import Gate, parse_gate
 from tunekit.eval.testset import TestSet, load_json_schema, load_test_set, load_train_examples, resolve_labels
@@ -220,8 +227,8 @@ def _comparisons(plan: EvalPlan, candidates: list[dict[str, Any]]) -> list[dict[
     ran = [c for c in candidates if c["status"] == "ok"]
     metric = get_metric(plan.primary)
     out = []
-    for tune in (c for c in ran if c["kind"] in ("finetuned", "compare")):
-        for base in (c for c in ran if c["kind"] not in ("finetuned", "compare")):
+    for tune in (c for c in ran if c["kind"] not in BASELINE_KINDS):
+        for base in (c for c in ran if c["kind"] in BASELINE_KINDS):
             boot = paired_bootstrap(metric, tune["_predictions"], base["_predictions"], plan.test.references,
                                     plan.ctx, samples=plan.cfg.eval.bootstrap_samples, seed=plan.cfg.data.split.seed)
             out.append({"a": tune["name"], "b": base["name"], "metric": plan.primary, "diff": round(boot.diff, 6),
@@ -279,21 +286,23 @@ def _previous_test_hash(out_dir: Path) -> str | None:
 def _disagreements(plan: EvalPlan, candidates: list[dict[str, Any]], decision: dict[str, Any]) -> list[dict]:
     """Test rows where the fine-tune and the best baseline differ in correctness (or, without per-example
     scores, in their answer): the examples a reader should look at before trusting the numbers."""
+    from tunekit.rag.prompt import query_from_messages  # the last user turn, as retrieval reads it
+
     ran = {c["name"]: c for c in candidates if c["status"] == "ok"}
-    tunes = [c for c in ran.values() if c["kind"] in ("finetuned", "compare")]
-    bases = [c for c in ran.values() if c["kind"] not in ("finetuned", "compare")]
+    tunes = [c for c in ran.values() if c["kind"] not in BASELINE_KINDS]
+    bases = [c for c in ran.values() if c["kind"] in BASELINE_KINDS]
     if not tunes or not bases:
         return []
     sign = 1 if _higher_is_better(plan.primary) else -1
-    tune = ran.get(decision.get("candidate") or "") if decision.get("candidate") in ran else None
-    tune = tune if tune in tunes else max(tunes, key=lambda c: sign * c["metrics"][plan.primary])
+    tune = ran.get(decision.get("candidate") or "")
+    if tune not in tunes:
+        tune = max(tunes, key=lambda c: sign * c["metrics"][plan.primary])
     base = max(bases, key=lambda c: sign * c["metrics"][plan.primary])
     rows = []
     for i, (a, b) in enumerate(zip(tune["_predictions"], base["_predictions"])):
         differs = (tune["_correct"][i] != base["_correct"][i]) if tune["_correct"] and base["_correct"] else a != b
         if differs:
-            prompt = plan.test.prompts[i]
-            rows.append({"index": i, "input": next((m["content"] for m in reversed(prompt) if m["role"] == "user"), ""),
+            rows.append({"index": i, "input": query_from_messages(plan.test.prompts[i]),
                          "reference": plan.test.references[i], "predictions": {tune["name"]: a, base["name"]: b}})
         if len(rows) >= MAX_DISAGREEMENTS:
             break

@@ -7,7 +7,6 @@ every report so that two reports can be compared only when they scored the same 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,21 +60,11 @@ def load_train_examples(cfg: ProjectConfig) -> list[Example]:
     return read_split(path) if path.is_file() else []
 
 
-_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
-
-
 def label_of_answer(answer: str, label_field: str | None) -> str | None:
-    """The label in an answer: the whole normalised answer, or one field of a JSON answer."""
-    if label_field is None:
-        return normalize_for_match(answer) or None
-    match = _JSON_OBJECT.search(answer)
-    if not match:
-        return None
-    try:
-        value = json.loads(match.group(0)).get(label_field)
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    return normalize_for_match(str(value)) if value is not None else None
+    """The label in an answer (None when it has none), read exactly as the accuracy metrics read it."""
+    from tunekit.eval.metrics._labels import extract_label
+
+    return extract_label(answer, label_field) or None
 
 
 def resolve_labels(cfg: ProjectConfig, test: TestSet, train: list[Example]) -> list[str]:
