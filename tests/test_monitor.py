@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import run_in_process
 from tunekit.config import DataConfig
 from tunekit.data.check import check_files
 from tunekit.errors import UserError
@@ -35,17 +36,6 @@ OFF_TOPIC = [
 
 def tunekit(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([TUNEKIT, *map(str, args)], capture_output=True, text=True, env=os.environ.copy())
-
-
-def run_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str]:
-    """`tunekit ARGS` through the real entry point (error handling included), without a process start-up."""
-    from tunekit.cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["tunekit", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        run()
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out + captured.err
 
 
 def tickets() -> list[dict]:

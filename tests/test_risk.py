@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from cli_helpers import run_in_process
 from tunekit.config import dump_config, load_config
 
 TICKETS = Path(__file__).resolve().parents[1] / "examples" / "support_tickets" / "tickets.jsonl"
@@ -19,17 +19,6 @@ SAFE_RUN = {
     "guard": {"enabled": True, "input": ["pii", "injection"], "output": ["json_schema", "max_length"]},
     "serve": {"api_keys": ["a-long-random-key-for-tests"]},
 }
-
-
-def run_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str]:
-    """`tunekit ARGS` through the real entry point (error handling included), without a process start-up."""
-    from tunekit.cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["tunekit", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        run()
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out + captured.err
 
 
 def write_config(folder: Path, model_dir: Path, run: Path, **sections: dict) -> Path:

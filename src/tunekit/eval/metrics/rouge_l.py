@@ -9,7 +9,7 @@ alphanumeric text. Two empty answers agree (1.0), as in token_f1; one empty side
 from __future__ import annotations
 
 from tunekit.eval.metrics import register
-from tunekit.eval.metrics._tokens import answer_tokens
+from tunekit.eval.metrics._tokens import answer_tokens, f_measure
 from tunekit.eval.metrics.base import Metric, MetricContext, MetricResult, check_lengths, mean_result
 
 
@@ -30,11 +30,7 @@ def rouge_l(prediction: str, reference: str) -> float:
     pred, ref = answer_tokens(prediction), answer_tokens(reference)
     if not pred or not ref:
         return float(pred == ref)
-    common = lcs_length(pred, ref)
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    return f_measure(lcs_length(pred, ref), len(pred), len(ref))
 
 
 @register

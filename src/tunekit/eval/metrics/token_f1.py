@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 
 from tunekit.eval.metrics import register
-from tunekit.eval.metrics._tokens import answer_tokens
+from tunekit.eval.metrics._tokens import answer_tokens, f_measure
 from tunekit.eval.metrics.base import Metric, MetricContext, MetricResult, check_lengths, mean_result
 
 
@@ -18,11 +18,7 @@ def token_f1(prediction: str, reference: str) -> float:
     ref = answer_tokens(reference, drop_articles=True)
     if not pred or not ref:
         return float(pred == ref)
-    overlap = sum((Counter(pred) & Counter(ref)).values())
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / len(pred), overlap / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    return f_measure(sum((Counter(pred) & Counter(ref)).values()), len(pred), len(ref))
 
 
 @register
