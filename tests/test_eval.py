@@ -17,7 +17,8 @@ from tunekit.eval.gates import parse_gate
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir) -> Path:
     root = tmp_path_factory.mktemp("eval_project")
-    config = make_project(root, tiny_model_dir, extra="eval:\n  max_new_tokens: 4\n  bootstrap_samples: 200\n")
+    config = make_project(root, tiny_model_dir, extra="eval:\n  max_new_tokens: 4\n  bootstrap_samples: 200\n"
+                                                        "  latency: {samples: 5}\n")
     proc = tunekit("train", str(config))
     assert proc.returncode == 0, proc.stderr
     return config
@@ -41,7 +42,9 @@ def test_eval_writes_report_predictions_and_decision(trained):
     for c in result["candidates"]:
         assert c["passed_all"] is True
         assert {"exact_match", "latency_p50_ms", "latency_p95_ms", "cost_per_1k"} <= set(c["metrics"])
-        assert len(c["latencies_ms"]) == result["test_split"]["evaluated"]
+        # Latency comes from the per-request probe: 5 rows, the same rows for every candidate.
+        assert len(c["latencies_ms"]) == 5
+        assert c["latency_probe"]["rows"] == result["candidates"][0]["latency_probe"]["rows"]
     assert {(c["a"], c["b"]) for c in result["comparisons"]} == {("finetuned", "zero_shot"), ("finetuned", "few_shot")}
     for c in result["comparisons"]:
         assert c["low"] <= c["diff"] <= c["high"]
@@ -49,6 +52,8 @@ def test_eval_writes_report_predictions_and_decision(trained):
     rows = [json.loads(x) for x in (out / "predictions" / "finetuned.jsonl").read_text().splitlines()]
     assert len(rows) == result["test_split"]["evaluated"]
     assert {"messages", "reference", "prediction", "correct", "latency_ms"} <= set(rows[0])
+    probed = {i for i, row in enumerate(rows) if row["latency_ms"] is not None}
+    assert probed == set(result["candidates"][-1]["latency_probe"]["rows"])
     few = [json.loads(x) for x in (out / "predictions" / "few_shot.jsonl").read_text().splitlines()]
     assert len(few[0]["messages"]) == len(rows[0]["messages"]) + 2 * 3  # three shots, user + assistant each
     assert (out / "report.md").read_text().strip() and (out / "report.html").is_file()

@@ -4,6 +4,7 @@ adapters, threads, the background scheduler, and other architectures the fast pa
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from collections import Counter
 from concurrent.futures import CancelledError
@@ -15,6 +16,7 @@ import torch
 
 from tunekit.errors import UserError
 from tunekit.eval.generate import GenerationParams, Generator
+from tunekit.eval.latency import measure_latency, sample_rows
 from tunekit.eval.scheduler import BatchScheduler
 
 PROMPTS = [[{"role": "user", "content": "hello world " * n}] for n in (1, 7, 23, 3, 40, 0)]
@@ -250,6 +252,23 @@ def test_scheduler_batches_concurrent_submissions(gen: Generator) -> None:
     assert streamed == expected[::2]
     with pytest.raises(UserError):
         scheduler.submit(PROMPTS[0], GenerationParams(temperature=-1))
+
+
+def test_latency_probe_times_requests_one_at_a_time_or_together(gen: Generator) -> None:
+    params = GenerationParams(max_new_tokens=32)
+    expected = [o.text for o in gen.generate(PROMPTS, params)]
+    for concurrency in (1, len(PROMPTS)):
+        start = time.perf_counter()
+        probe = measure_latency(gen, PROMPTS, params, samples=len(PROMPTS), concurrency=concurrency, seed=0)
+        wall = time.perf_counter() - start
+        assert [g.text for g in probe.generations] == [expected[i] for i in probe.indices]
+        overlap = sum(probe.latencies_s) / wall
+        if concurrency == 1:  # closed loop, one client: requests never overlap
+            assert overlap <= 1.0
+        else:  # all in flight together, decoded in one batch
+            assert overlap > 1.5
+    assert sample_rows(100, 5, seed=3) == sample_rows(100, 5, seed=3) != sample_rows(100, 5, seed=4)
+    assert sample_rows(3, 5, seed=0) == [0, 1, 2]
 
 
 def test_cancelled_submissions_leave_the_batch(gen: Generator) -> None:

@@ -340,19 +340,27 @@ def test_bootstrap_rejects_mismatched_lists():
 
 
 def test_system_metrics_hand_computed():
-    latencies, inputs, outputs = [0.1, 0.2, 0.3, 0.4], [10, 20, 30, 40], [5, 5, 5, 5]
-    local = system_metrics(latencies, inputs, outputs, wall_s=2.0, usd_per_hour=3.6)
+    # Latency comes from a probe of 4 requests; tokens and wall time from the batched pass over 4 rows.
+    latencies, ttft, inputs, outputs = [0.1, 0.2, 0.3, 0.4], [0.01, 0.02, 0.03, 0.05], [10, 20, 30, 40], [5, 5, 5, 5]
+    local = system_metrics(latencies, ttft, inputs, outputs, wall_s=2.0, usd_per_hour=3.6)
     assert set(local) == set(SYSTEM_METRICS)
     assert local["latency_p50_ms"] == pytest.approx(250.0)
     assert local["latency_p95_ms"] == pytest.approx(385.0)  # linear interpolation between 300 and 400
+    assert local["ttft_p50_ms"] == pytest.approx(25.0)
     assert (local["input_tokens_mean"], local["output_tokens_mean"]) == (25.0, 5.0)
     assert local["tokens_per_s"] == 10.0 and local["requests_per_s"] == 2.0
     assert local["cost_per_1k"] == pytest.approx(0.5)  # 3.6 USD/h x 0.5 s per request x 1000
-    api = system_metrics(latencies, inputs, outputs, 2.0, usd_per_hour=3.6, input_per_1k=0.001, output_per_1k=0.002)
+    api = system_metrics(latencies, ttft, inputs, outputs, 2.0, usd_per_hour=3.6, input_per_1k=0.001,
+                         output_per_1k=0.002)
     assert api["cost_per_1k"] == pytest.approx(25 * 0.001 + 5 * 0.002)
-    assert system_metrics(latencies, inputs, outputs, 2.0)["cost_per_1k"] is None
+    assert system_metrics(latencies, ttft, inputs, outputs, 2.0)["cost_per_1k"] is None
+    # A probe smaller than the test set is the normal case: throughput still counts every row.
+    sampled = system_metrics([0.5], [0.1], inputs, outputs, 2.0)
+    assert sampled["latency_p95_ms"] == pytest.approx(500.0) and sampled["requests_per_s"] == 2.0
     with pytest.raises(ValueError, match="one latency"):
-        system_metrics([], [], [], 1.0)
+        system_metrics([], [], [1], [1], 1.0)
+    with pytest.raises(ValueError, match="token counts"):
+        system_metrics([0.1], [0.1], [1, 2], [1], 1.0)
 
 
 def test_higher_is_better_covers_system_and_quality_metrics():

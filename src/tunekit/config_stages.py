@@ -32,6 +32,14 @@ class CostConfig(Section):
     )
 
 
+class LatencyConfig(Section):
+    """How per-request latency is measured: apart from the batched quality pass (see eval/latency.py)."""
+
+    samples: int = Field(16, ge=1, description="test rows sent one request each (the same rows for every candidate)")
+    concurrency: int = Field(1, ge=1, le=256, description="requests in flight at once (closed loop); "
+                             "set it to the expected load, e.g. serve.max_concurrency")
+
+
 class EvalConfig(Section):
     candidates: list[str] = Field(
         default_factory=lambda: ["zero_shot", "few_shot", "finetuned"],
@@ -56,6 +64,7 @@ class EvalConfig(Section):
     bootstrap_samples: int = Field(1000, ge=100)
     safety: bool = Field(False, description="also run the red-team set, with and without guardrails")
     cost: CostConfig = Field(default_factory=CostConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
 
     @field_validator("gates")
     @classmethod

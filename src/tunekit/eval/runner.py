@@ -141,6 +141,7 @@ def _skipped(spec: CandidateSpec) -> dict[str, Any]:
 
 def _evaluate(spec: CandidateSpec, plan: EvalPlan, say: Any) -> dict[str, Any]:
     from tunekit.eval.generate import GenerationParams, Generator
+    from tunekit.eval.latency import measure_latency
 
     cfg = plan.cfg
     prompts = build_prompts(spec, plan.test.prompts, cfg, plan.train)
@@ -148,21 +149,25 @@ def _evaluate(spec: CandidateSpec, plan: EvalPlan, say: Any) -> dict[str, Any]:
     with loaded_model(spec, cfg) as (model, tokenizer):
         generator = Generator(model, tokenizer, dtype=cfg.eval.dtype, max_batch_size=cfg.eval.batch_size)
         start = time.perf_counter()
-        generations = generator.generate(prompts, params)
+        generations = generator.generate(prompts, params)  # quality, tokens/s and cost: one batched pass
         wall = time.perf_counter() - start
+        probe = measure_latency(generator, prompts, params, samples=cfg.eval.latency.samples,
+                                concurrency=cfg.eval.latency.concurrency, seed=cfg.data.split.seed)
         safety = _safety(generator, cfg) if cfg.eval.safety else {}
         dtype = generator.device.dtype_name  # what "auto" resolved to: serve's preflight repeats it
     predictions = [g.text for g in generations]
     metrics, details, per_example = _score(plan, spec, predictions)
-    metrics.update(_system(cfg, spec.name, generations, wall))
+    metrics.update(_system(cfg, spec.name, generations, wall, probe))
     metrics.update(safety)
-    say(f"  {spec.name}: {plan.primary} {metrics[plan.primary]:.4f}, "
-        f"p95 latency {metrics['latency_p95_ms']:.0f} ms, {wall:.1f} s")
+    say(f"  {spec.name}: {plan.primary} {metrics[plan.primary]:.4f}, {wall:.1f} s for the test set; "
+        f"latency p95 {metrics['latency_p95_ms']:.0f} ms over {len(probe.indices)} requests "
+        f"at concurrency {probe.concurrency}")
     return {"name": spec.name, "kind": spec.kind, "model": spec.source, "status": "ok", "skip_reason": None,
             "metrics": metrics, "gate_results": [], "passed_all": False, "dtype": dtype,
-            "latencies_ms": [round(g.latency_s * 1000, 2) for g in generations], "details": details,
+            "latencies_ms": [round(s * 1000, 2) for s in probe.latencies_s],
+            "latency_probe": {"rows": probe.indices, "concurrency": probe.concurrency}, "details": details,
             "_predictions": predictions, "_prompts": prompts, "_correct": per_example,
-            "_retrieved": spec.retrieved, "_generations": generations}
+            "_retrieved": spec.retrieved, "_generations": generations, "_latency_by_row": probe.by_row()}
 
 
 def _score(plan: EvalPlan, spec: CandidateSpec, predictions: list[str]) -> tuple[dict, dict, list | None]:
@@ -182,12 +187,12 @@ def _score(plan: EvalPlan, spec: CandidateSpec, predictions: list[str]) -> tuple
     return metrics, details, per_example
 
 
-def _system(cfg: ProjectConfig, name: str, generations: list[Any], wall: float) -> dict[str, float]:
+def _system(cfg: ProjectConfig, name: str, generations: list[Any], wall: float, probe: Any) -> dict[str, float]:
     from tunekit.eval.system_metrics import system_metrics
 
     price = cfg.eval.cost.token_prices.get(name)
     return system_metrics(
-        [g.latency_s for g in generations], [g.prompt_tokens for g in generations],
+        probe.latencies_s, [g.ttft_s for g in probe.generations], [g.prompt_tokens for g in generations],
         [g.completion_tokens for g in generations], wall,
         usd_per_hour=None if price else cfg.eval.cost.usd_per_hour,
         input_per_1k=price.input_per_1k if price else None, output_per_1k=price.output_per_1k if price else None,
@@ -260,6 +265,8 @@ def _result(plan: EvalPlan, candidates: list[dict[str, Any]], comparisons: list[
         "gates": [{"text": g.text, "metric": g.metric, "op": g.op, "threshold": g.threshold} for g in plan.gates],
         "dtype": _resolved_dtype(plan, candidates),
         "max_new_tokens": plan.cfg.eval.max_new_tokens,
+        "latency": {"samples": plan.cfg.eval.latency.samples, "concurrency": plan.cfg.eval.latency.concurrency,
+                    "how": "per request through the serving scheduler, apart from the batched quality pass"},
         "candidates": [{k: v for k, v in c.items() if not k.startswith("_")} for c in candidates],
         "comparisons": comparisons,
         "decision": decision,
@@ -323,8 +330,14 @@ def _write(plan: EvalPlan, result: dict[str, Any], candidates: list[dict[str, An
             lines.append(json.dumps({
                 "index": i, "messages": c["_prompts"][i], "reference": plan.test.references[i],
                 "prediction": c["_predictions"][i], "correct": None if correct is None else bool(correct >= 1.0),
-                "score": correct, "latency_ms": c["latencies_ms"][i], "meta": example.meta,
+                "score": correct, "latency_ms": _latency_ms(c, i), "meta": example.meta,
                 "retrieved": c["_retrieved"][i] if c["_retrieved"] else None,
             }, ensure_ascii=False))
         write_text_atomic(out / "predictions" / f"{c['name']}.jsonl", "\n".join(lines) + "\n")
     write_report(result, out)  # report.md, report.html, plots/ and eval.json
+
+
+def _latency_ms(candidate: dict[str, Any], row: int) -> float | None:
+    """The row's latency when the probe sent it (None otherwise: its time in the batch means nothing alone)."""
+    seconds = candidate["_latency_by_row"].get(row)
+    return None if seconds is None else round(seconds * 1000, 2)

@@ -1,5 +1,9 @@
 """Speed and cost of a candidate, measured while it answers the test set.
 
+Two measurements feed them: throughput, tokens and cost come from the batched pass over the whole
+test set (how a batch job or a busy server runs); latency comes from the separate per-request probe
+(eval/latency.py), because a row's time inside one big batch is the time of the whole run.
+
 These are not in `eval.metrics` (every candidate gets them), but gates may use them
 (`latency_p95_ms <= 300`, `cost_per_1k <= 0.05`).
 
@@ -16,8 +20,9 @@ import numpy as np
 from tunekit.eval.metrics import get_metric
 
 SYSTEM_METRICS: dict[str, str] = {
-    "latency_p50_ms": "median time from request to full answer",
+    "latency_p50_ms": "median time from request to full answer (per-request probe)",
     "latency_p95_ms": "95th percentile of the same",
+    "ttft_p50_ms": "median time from request to first token (per-request probe)",
     "input_tokens_mean": "mean prompt tokens per request",
     "output_tokens_mean": "mean generated tokens per request",
     "tokens_per_s": "generated tokens per second of wall time",
@@ -25,7 +30,9 @@ SYSTEM_METRICS: dict[str, str] = {
     "cost_per_1k": "USD per 1,000 requests (hardware time, or token prices for an API)",
 }
 # Fewer tokens per request is better too: they are what a request costs, in time and in money.
-_LOWER_IS_BETTER = {"latency_p50_ms", "latency_p95_ms", "input_tokens_mean", "output_tokens_mean", "cost_per_1k"}
+_LOWER_IS_BETTER = {
+    "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "input_tokens_mean", "output_tokens_mean", "cost_per_1k",
+}
 
 
 def higher_is_better(metric_name: str) -> bool:
@@ -37,6 +44,7 @@ def higher_is_better(metric_name: str) -> bool:
 
 def system_metrics(
     latencies_s: list[float],
+    ttft_s: list[float],
     input_tokens: list[int],
     output_tokens: list[int],
     wall_s: float,
@@ -45,15 +53,19 @@ def system_metrics(
     input_per_1k: float | None = None,
     output_per_1k: float | None = None,
 ) -> dict[str, float | None]:
-    """All of SYSTEM_METRICS from per-request measurements and the wall time of the whole run.
+    """All of SYSTEM_METRICS: latencies (and times to first token) from the per-request probe; token
+    counts, one per test row, and the wall time from the batched pass.
 
     Token prices, when given, make the candidate an API (billed per token) and `usd_per_hour` is
     ignored; with neither, `cost_per_1k` is None (unknown, and a gate on it fails).
     """
-    n = len(latencies_s)
-    if n == 0 or len(input_tokens) != n or len(output_tokens) != n:
-        counts = f"{n} latencies, {len(input_tokens)} input and {len(output_tokens)} output token counts"
-        raise ValueError(f"need one latency and token count per request (at least one request), got {counts}")
+    n = len(input_tokens)
+    if not latencies_s or len(ttft_s) != len(latencies_s):
+        raise ValueError(f"need one latency and one ttft per probed request (at least one), got "
+                         f"{len(latencies_s)} and {len(ttft_s)}")
+    if n == 0 or len(output_tokens) != n:
+        raise ValueError(f"need input and output token counts for each request (at least one), got "
+                         f"{n} and {len(output_tokens)}")
     if wall_s <= 0:
         raise ValueError(f"wall_s must be positive, got {wall_s}")
     latency_ms = np.asarray(latencies_s, float) * 1000
@@ -61,6 +73,7 @@ def system_metrics(
     return {
         "latency_p50_ms": float(np.percentile(latency_ms, 50)),
         "latency_p95_ms": float(np.percentile(latency_ms, 95)),
+        "ttft_p50_ms": float(np.percentile(np.asarray(ttft_s, float) * 1000, 50)),
         "input_tokens_mean": mean_in,
         "output_tokens_mean": mean_out,
         "tokens_per_s": float(np.sum(output_tokens)) / wall_s,

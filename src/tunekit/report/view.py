@@ -23,6 +23,7 @@ VERDICTS = {
 OPERATIONAL = {
     "latency_p50_ms": "latency p50 (ms)",
     "latency_p95_ms": "latency p95 (ms)",
+    "ttft_p50_ms": "time to first token p50 (ms)",
     "input_tokens_mean": "input tokens (mean)",
     "output_tokens_mean": "output tokens (mean)",
     "tokens_per_s": "tokens/s",
@@ -311,6 +312,19 @@ def clip(text: Any) -> str:
     )
 
 
+def _generation(result: dict[str, Any]) -> str | None:
+    if not result.get("dtype"):
+        return None
+    return f"{result['dtype']}, greedy, at most {result.get('max_new_tokens', '?')} new tokens"
+
+
+def _latency_note(latency: Any) -> str | None:
+    if not isinstance(latency, dict):
+        return None
+    return (f"{latency.get('samples', '?')} requests per candidate, {latency.get('concurrency', '?')} in flight, "
+            f"{latency.get('how', '')}".rstrip(", "))
+
+
 def _provenance(result: dict[str, Any]) -> list[tuple[str, str]]:
     split = result.get("test_split") or {}
     rows = [
@@ -318,6 +332,8 @@ def _provenance(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("test split sha256", split.get("sha256")),
         ("chat template sha256", result.get("chat_template_sha256")),
         ("previous test split sha256", result.get("previous_test_sha256")),
+        ("generation", _generation(result)),
+        ("latency", _latency_note(result.get("latency"))),
         ("tunekit version", result.get("tunekit_version")),
         ("created", result.get("created")),
     ]
