@@ -49,10 +49,13 @@ def main() -> None:
     finally:
         state.close()
     extra = reply.model_extra or {}
+    info = extra.get("x_tunekit", {})
     print(json.dumps({"model": model, "question": args.question, "answer": reply.choices[0].message.content,
-                      "finish_reason": reply.choices[0].finish_reason, "citations": extra.get("citations", []),
-                      "grounded": extra.get("x_tunekit", {}).get("grounded"), "usage": reply.usage.model_dump(),
-                      "request_log": str(state.request_log.path)}, indent=2))
+                      "finish_reason": reply.choices[0].finish_reason, "grounded": info.get("grounded"),
+                      "sources_given": [f"[{s['source']}] {s['path']}:{s['line_start']}-{s['line_end']}"
+                                        for s in info.get("sources", [])],
+                      "citations": extra.get("citations", []), "citation_check": info.get("citation_check"),
+                      "usage": reply.usage.model_dump(), "request_log": str(state.request_log.path)}, indent=2))
 
 
 def _system(state) -> list[dict[str, str]]:

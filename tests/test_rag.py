@@ -23,6 +23,7 @@ from tunekit.io import sha256_file
 from tunekit.rag.chunk import chunk_lines
 from tunekit.rag.cite import check_citations, citation_sources, parse_citations
 from tunekit.rag.embed import embed_texts, embedding_model_dir
+from tunekit.rag.grounding import Grounding
 from tunekit.rag.index import build_index
 from tunekit.rag.prompt import grounded_messages, query_from_messages
 from tunekit.rag.readers import Line, read_document
@@ -413,6 +414,39 @@ def test_citations_are_parsed_checked_and_mapped_to_sources():
     assert citation_sources("As [2] says, and [7] too.", sources) == [
         {"citation": 2, "chunk_id": "c2", "path": "docs/page2.md", "line_start": 20, "line_end": 24, "unit": "line"}
     ]
+
+
+def test_json_answers_cite_in_a_field_and_keep_their_format():
+    sources = retrieved(3)
+    answer = '{"category": "billing", "sources": [2, "3"]}'
+    assert parse_citations(answer) == [2, 3]  # the field is read by default, as the metric reads it
+    assert parse_citations(answer, field=None) == []
+    grounding = Grounding("json_field", "sources")
+    check = grounding.check(answer, sources)
+    assert (check.cited, check.ok) == ([2, 3], True)
+    assert grounding.sources(answer, sources)[0]["chunk_id"] == "c2"
+    assert grounding.answer_only(answer) == '{"category": "billing"}'  # what exact_match scores
+    assert grounding.answer_only("plain text [1]") == "plain text [1]"
+    assert grounding.check('{"category": "billing", "sources": []}', sources).missing
+    assert grounding.check('{"category": "billing", "sources": [9]}', sources).invalid == [9]
+    assert grounding.check('{"category": "billing"}', []).ok  # nothing retrieved: nothing to cite
+    system = grounding.messages([{"role": "system", "content": "Reply with JSON only."},
+                                 {"role": "user", "content": "Q?"}], sources)[0]["content"]
+    assert system.startswith("Reply with JSON only.\n\n") and '"sources": [1]' in system and "[3] docs" in system
+    assert "cite the source it comes from as [n]" not in system  # no prose citations asked of a JSON task
+
+
+def test_citation_style_follows_the_task(tmp_path):
+    from tunekit.config import load_config
+
+    config = tmp_path / "tunekit.yaml"
+    config.write_text("model:\n  name: m\n", encoding="utf-8")
+    assert Grounding.from_config(load_config(config)).style == "inline"
+    for override in ("eval.label_field=category", "eval.metrics=[json_valid]"):
+        assert Grounding.from_config(load_config(config, [override])).style == "json_field"
+    off = Grounding.from_config(load_config(config, ["rag.citations=none"]))
+    assert (off.style, off.required) == ("none", False)
+    assert "[n]" not in off.instruction and off.check("no citations", retrieved(2)).ok
 
 
 def test_citation_accuracy_metric():

@@ -425,6 +425,25 @@ def test_grounded_answers_cite_their_sources(guarded):
     sources = reply.model_extra["citations"]
     assert sources and sources[0]["citation"] == 1 and sources[0]["path"].endswith("refunds.md")
     assert reply.model_extra["x_tunekit"]["grounded"] is True
+    assert reply.model_extra["x_tunekit"]["citation_check"] == {"cited": [1], "invalid": [], "missing": False,
+                                                                 "ok": True}
+
+
+def test_a_grounded_answer_without_citations_is_flagged_not_hidden(project):
+    """No output guardrail here: the answer is served, but its missing citation is reported and logged."""
+    state = start(project, "serve.grounding=true", f"rag.index={project.index}", "rag.mode=bm25",
+                  adapters=[("beta", project.beta)])
+    with serve_in_thread(state) as running:
+        reply = chat(running, model="beta", content="How long do refunds take to the original card?")
+    state.close()
+    info = reply.model_extra["x_tunekit"]
+    assert info["grounded"] is True and reply.choices[0].finish_reason != "content_filter"
+    check = info["citation_check"]
+    assert check["ok"] is False and (check["missing"] or check["invalid"])
+    assert any(e["policy"] == "citations" and e["action"] == "flag" for e in info["guard_events"])
+    with sqlite3.connect(project.root / "requests.db") as db:
+        logged = db.execute("SELECT guard_events FROM requests ORDER BY rowid DESC LIMIT 1").fetchone()[0]
+    assert '"flag"' in logged
 
 
 def test_a_guardrail_block_is_a_content_filter_answer(guarded):

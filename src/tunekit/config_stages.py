@@ -85,6 +85,13 @@ class RagConfig(Section):
     chunk_chars: int = Field(1200, ge=100, description="target chunk size in characters")
     chunk_overlap: int = Field(200, ge=0, description="characters shared by neighbouring chunks")
     require_citations: bool = True
+    # "none", not "off": YAML reads a bare `off` as false.
+    citations: Literal["auto", "inline", "json_field", "none"] = Field(
+        "auto", description="how grounded answers cite: inline, [n] markers in prose; json_field, a list of "
+        "source numbers in one field of a JSON answer (structured outputs keep their format); none, sources "
+        "as context only; auto: json_field when answers are JSON (a JSON schema, label_field or a JSON "
+        "metric is configured), else inline")
+    citation_field: str = Field("sources", min_length=1, description="the JSON field for json_field citations")
 
 
 class GuardConfig(Section):

@@ -101,15 +101,16 @@ def build_prompts(spec: CandidateSpec, prompts: list[list[dict[str, str]]], cfg:
         shots = few_shot_examples(train, cfg.eval.few_shot_k, cfg.data.split.seed)
         return [with_shots(p, shots) for p in prompts]
     if spec.kind == "rag":
-        from tunekit.rag.prompt import grounded_messages, query_from_messages
+        from tunekit.rag.grounding import Grounding
+        from tunekit.rag.prompt import query_from_messages
         from tunekit.rag.retrieve import Retriever
 
-        retriever = Retriever.from_config(cfg)
+        retriever, grounding = Retriever.from_config(cfg), Grounding.from_config(cfg)
         grounded = []
         for prompt in prompts:
             hits = retriever.search(query_from_messages(prompt))
             spec.retrieved.append([h.chunk_id for h in hits])
-            grounded.append(grounded_messages(prompt, hits))
+            grounded.append(grounding.messages(prompt, hits))
         return grounded
     return prompts
 

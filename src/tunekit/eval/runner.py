@@ -70,7 +70,8 @@ def check_eval(cfg: ProjectConfig) -> EvalPlan:
                               fix=f"add {gate.metric} to eval.metrics, or fix the gate's metric name")
     test = load_test_set(cfg)
     train = load_train_examples(cfg)
-    ctx = MetricContext(label_field=cfg.eval.label_field, json_schema=load_json_schema(cfg))
+    ctx = MetricContext(label_field=cfg.eval.label_field, json_schema=load_json_schema(cfg),
+                        citation_field=cfg.rag.citation_field)
     needs_labels = any(_requires(name, "labels") for name in metrics)
     if needs_labels or cfg.eval.labels:
         ctx.labels = resolve_labels(cfg, test, train)
@@ -155,8 +156,9 @@ def _evaluate(spec: CandidateSpec, plan: EvalPlan, say: Any) -> dict[str, Any]:
                                 concurrency=cfg.eval.latency.concurrency, seed=cfg.data.split.seed)
         safety = _safety(generator, cfg) if cfg.eval.safety else {}
         dtype = generator.device.dtype_name  # what "auto" resolved to: serve's preflight repeats it
-    predictions = [g.text for g in generations]
-    metrics, details, per_example = _score(plan, spec, predictions)
+    raw = [g.text for g in generations]
+    predictions = _answers(plan.cfg, spec, raw)
+    metrics, details, per_example = _score(plan, spec, predictions, raw)
     metrics.update(_system(cfg, spec.name, generations, wall, probe))
     metrics.update(safety)
     say(f"  {spec.name}: {plan.primary} {metrics[plan.primary]:.4f}, {wall:.1f} s for the test set; "
@@ -166,11 +168,23 @@ def _evaluate(spec: CandidateSpec, plan: EvalPlan, say: Any) -> dict[str, Any]:
             "metrics": metrics, "gate_results": [], "passed_all": False, "dtype": dtype,
             "latencies_ms": [round(s * 1000, 2) for s in probe.latencies_s],
             "latency_probe": {"rows": probe.indices, "concurrency": probe.concurrency}, "details": details,
-            "_predictions": predictions, "_prompts": prompts, "_correct": per_example,
+            "_predictions": predictions, "_raw": raw, "_prompts": prompts, "_correct": per_example,
             "_retrieved": spec.retrieved, "_generations": generations, "_latency_by_row": probe.by_row()}
 
 
-def _score(plan: EvalPlan, spec: CandidateSpec, predictions: list[str]) -> tuple[dict, dict, list | None]:
+def _answers(cfg: ProjectConfig, spec: CandidateSpec, raw: list[str]) -> list[str]:
+    """What the quality metrics score: a grounded JSON answer without its citation field (the references,
+    and the program reading the answers, have no such field; citation_accuracy reads it from `raw`)."""
+    if spec.kind != "rag":
+        return raw
+    from tunekit.rag.grounding import Grounding
+
+    grounding = Grounding.from_config(cfg)
+    return [grounding.answer_only(text) for text in raw]
+
+
+def _score(plan: EvalPlan, spec: CandidateSpec, predictions: list[str],
+           raw: list[str]) -> tuple[dict, dict, list | None]:
     from tunekit.eval.metrics import get_metric
 
     ctx = plan.ctx
@@ -178,7 +192,8 @@ def _score(plan: EvalPlan, spec: CandidateSpec, predictions: list[str]) -> tuple
         ctx = replace(ctx, retrieved=spec.retrieved)  # citation_accuracy checks ids against these
     metrics, details, per_example = {}, {}, None
     for name in plan.cfg.eval.metrics:
-        result = get_metric(name).compute(predictions, plan.test.references, ctx)
+        texts = raw if name == "citation_accuracy" else predictions
+        result = get_metric(name).compute(texts, plan.test.references, ctx)
         metrics[name] = round(float(result.value), 6)
         if result.details:
             details[name] = result.details
@@ -329,12 +344,18 @@ def _write(plan: EvalPlan, result: dict[str, Any], candidates: list[dict[str, An
             correct = c["_correct"][i] if c["_correct"] else None
             lines.append(json.dumps({
                 "index": i, "messages": c["_prompts"][i], "reference": plan.test.references[i],
-                "prediction": c["_predictions"][i], "correct": None if correct is None else bool(correct >= 1.0),
+                "prediction": c["_raw"][i], **_scored_if_different(c, i),
+                "correct": None if correct is None else bool(correct >= 1.0),
                 "score": correct, "latency_ms": _latency_ms(c, i), "meta": example.meta,
                 "retrieved": c["_retrieved"][i] if c["_retrieved"] else None,
             }, ensure_ascii=False))
         write_text_atomic(out / "predictions" / f"{c['name']}.jsonl", "\n".join(lines) + "\n")
     write_report(result, out)  # report.md, report.html, plots/ and eval.json
+
+
+def _scored_if_different(candidate: dict[str, Any], row: int) -> dict[str, str]:
+    scored = candidate["_predictions"][row]
+    return {} if scored == candidate["_raw"][row] else {"scored_answer": scored}
 
 
 def _latency_ms(candidate: dict[str, Any], row: int) -> float | None:

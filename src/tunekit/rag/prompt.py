@@ -1,4 +1,5 @@
-"""The grounding prompt: numbered sources in the system turn and an instruction to cite them as [n]."""
+"""The grounding prompt: numbered sources in the system turn, after an instruction on how to use and cite
+them (which instruction depends on the citation style: see grounding.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ NO_SOURCES_INSTRUCTION = (
 )
 
 
-def grounded_messages(messages: list[dict[str, Any]], retrieved: Sequence[Retrieved]) -> list[dict[str, Any]]:
-    """A copy of `messages` whose system turn (kept, or added first) ends with the numbered sources."""
-    block = grounding_block(retrieved)
+def grounded_messages(messages: list[dict[str, Any]], retrieved: Sequence[Retrieved],
+                      instruction: str = GROUNDING_INSTRUCTION,
+                      no_sources: str = NO_SOURCES_INSTRUCTION) -> list[dict[str, Any]]:
+    """A copy of `messages` whose system turn (kept, or added first) ends with the numbered sources
+    after `instruction` (or says `no_sources` when nothing was retrieved)."""
+    block = grounding_block(retrieved, instruction, no_sources)
     if messages and messages[0].get("role") == "system":
         system = content_text(messages[0].get("content"))
         merged = {**messages[0], "content": f"{system}\n\n{block}" if system.strip() else block}
@@ -26,11 +30,12 @@ def grounded_messages(messages: list[dict[str, Any]], retrieved: Sequence[Retrie
     return [{"role": "system", "content": block}, *messages]
 
 
-def grounding_block(retrieved: Sequence[Retrieved]) -> str:
+def grounding_block(retrieved: Sequence[Retrieved], instruction: str = GROUNDING_INSTRUCTION,
+                    no_sources: str = NO_SOURCES_INSTRUCTION) -> str:
     if not retrieved:
-        return NO_SOURCES_INSTRUCTION
+        return no_sources
     sources = "\n\n".join(f"[{n}] {source_label(item)}\n{item.text}" for n, item in enumerate(retrieved, start=1))
-    return f"{GROUNDING_INSTRUCTION}\n\nSources:\n\n{sources}"
+    return f"{instruction}\n\nSources:\n\n{sources}"
 
 
 def source_label(item: Retrieved) -> str:

@@ -40,6 +40,8 @@ class Answer:
     retries: int = 0
     blocked: bool = False
     grounded: bool = False
+    citation_check: dict[str, Any] | None = None  # rag.cite.CitationCheck.to_dict() for grounded answers
+    sources: list[dict[str, Any]] = field(default_factory=list)  # every retrieved source the model was given
 
     @property
     def schema_failed(self) -> bool:
@@ -47,12 +49,15 @@ class Answer:
 
 
 class Pipeline:
-    def __init__(self, engine: Any, *, guard: Any = None, retriever: Any = None, require_citations: bool = True,
+    def __init__(self, engine: Any, *, guard: Any = None, retriever: Any = None, grounding: Any = None,
                  max_input_tokens: int = 4096):
+        """`grounding` (a rag.grounding.Grounding) says how answers cite when `retriever` is set."""
+        from tunekit.rag.grounding import Grounding
+
         self.engine = engine
         self.guard = guard if guard is not None and guard.enabled else None
         self.retriever = retriever
-        self.require_citations = require_citations
+        self.grounding = grounding or Grounding("inline")
         self.max_input_tokens = max_input_tokens
 
     @property
@@ -77,10 +82,10 @@ class Pipeline:
             turns = decision.messages
         retrieved: list[Any] = []
         if self.retriever is not None and job.messages is not None:
-            from tunekit.rag.prompt import grounded_messages, query_from_messages
+            from tunekit.rag.prompt import query_from_messages
 
             retrieved = self.retriever.search(query_from_messages(turns))
-            turns = grounded_messages(turns, retrieved)
+            turns = self.grounding.messages(turns, retrieved)
         prompt = self._render(job, turns)
         tokens = self.engine.count_tokens(prompt)
         self._check_context(tokens, job.max_tokens)
@@ -96,7 +101,7 @@ class Pipeline:
                         grounded=self.retriever is not None and prepared.messages is not None)
         if self.guard is not None:
             self._check_output(prepared, answer)
-        answer.citations = self._citations(prepared, answer.text)
+        self._cite(prepared, answer)
         return answer
 
     def stream(self, prepared: Prepared, emit: Callable[[str], None],
@@ -121,9 +126,11 @@ class Pipeline:
             submission.cancel()  # the client is gone or out of time: the row leaves the batch
             raise
         generation = submission.result()
-        return Answer(generation.text, generation.finish_reason, prepared.prompt_tokens, generation.completion_tokens,
-                      events=list(prepared.events), citations=self._citations(prepared, generation.text),
-                      grounded=self.retriever is not None and prepared.messages is not None)
+        answer = Answer(generation.text, generation.finish_reason, prepared.prompt_tokens,
+                        generation.completion_tokens, events=list(prepared.events),
+                        grounded=self.retriever is not None and prepared.messages is not None)
+        self._cite(prepared, answer)
+        return answer
 
     def _render(self, job: Job, turns: list[dict[str, str]]) -> str:
         if job.messages is None:
@@ -166,13 +173,20 @@ class Pipeline:
     def _citation_check(self, prepared: Prepared) -> Callable[[str], bool] | None:
         if self.retriever is None or prepared.messages is None:
             return None
-        from tunekit.rag.cite import check_citations
+        return lambda text: self.grounding.check(text, prepared.retrieved).ok
 
-        return lambda text: check_citations(text, prepared.retrieved, required=self.require_citations).ok
+    def _cite(self, prepared: Prepared, answer: Answer) -> None:
+        """Map the answer's citations to their sources, and flag (log, report) citations that are invalid or
+        missing when required, whether or not an output guardrail acts on them."""
+        if not answer.grounded or answer.blocked:
+            return
+        from tunekit.rag.cite import given_sources
 
-    def _citations(self, prepared: Prepared, text: str) -> list[dict[str, Any]]:
-        if not prepared.retrieved:
-            return []
-        from tunekit.rag.cite import citation_sources
-
-        return citation_sources(text, prepared.retrieved)
+        answer.sources = given_sources(prepared.retrieved)
+        answer.citations = self.grounding.sources(answer.text, prepared.retrieved)
+        check = self.grounding.check(answer.text, prepared.retrieved)
+        answer.citation_check = check.to_dict()
+        if not check.ok:
+            reason = (f"cites sources that were not retrieved: {check.invalid}" if check.invalid
+                      else "cites none of the retrieved sources")
+            answer.events.append({"stage": "output", "policy": "citations", "action": "flag", "reason": reason})

@@ -44,7 +44,8 @@ def usage(answer: Answer) -> Usage:
 
 def info(job: Job, answer: Answer, latency_ms: float | None = None) -> TunekitInfo:
     return TunekitInfo(adapter=job.adapter, guard_events=answer.events, guard_retries=answer.retries,
-                       grounded=answer.grounded, latency_ms=None if latency_ms is None else round(latency_ms, 2))
+                       grounded=answer.grounded, citation_check=answer.citation_check, sources=answer.sources,
+                       latency_ms=None if latency_ms is None else round(latency_ms, 2))
 
 
 def respond(job: Job, answer: Answer, *, latency_ms: float) -> ChatCompletion | Completion:

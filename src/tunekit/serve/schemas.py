@@ -87,6 +87,8 @@ class TunekitInfo(BaseModel):
     guard_events: list[dict[str, Any]] = Field(default_factory=list)
     guard_retries: int = 0
     grounded: bool = False
+    citation_check: dict[str, Any] | None = None  # grounded answers: cited, invalid, missing, ok
+    sources: list[dict[str, Any]] = Field(default_factory=list)  # the retrieved sources [1], [2], ... given
     latency_ms: float | None = None
 
 

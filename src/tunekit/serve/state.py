@@ -20,6 +20,7 @@ from typing import Any
 from tunekit.config import ProjectConfig, load_config
 from tunekit.config_stages import ServeConfig
 from tunekit.monitor.logdb import RequestLog, RequestRecord, utc_now
+from tunekit.rag.grounding import Grounding
 from tunekit.serve.auth import ApiKeys
 from tunekit.serve.jobs import Job
 from tunekit.serve.limits import AdmissionGate, RateLimiter
@@ -150,7 +151,7 @@ def build_state(target: str, *, adapters: list[tuple[str, Path]] | tuple = (), n
     engine = _engine(served, dtype, cfg.serve.max_concurrency)
     say(f"serving {', '.join(served.names)} in {engine.dtype_name}" + (f" ({dtype_note})" if dtype_note else ""))
     pipeline = Pipeline(engine, guard=_guardrails(cfg, served.tokenizer), retriever=retriever,
-                        require_citations=cfg.rag.require_citations, max_input_tokens=cfg.serve.max_input_tokens)
+                        grounding=Grounding.from_config(cfg), max_input_tokens=cfg.serve.max_input_tokens)
     preflight = run_preflight(engine, runs, cfg.serve.preflight_prompts, dtype_note=dtype_note, say=say)
     return ServerState(cfg=cfg, served=served, engine=engine, pipeline=pipeline, keys=ApiKeys.from_config(cfg.serve),
                        limiter=RateLimiter(cfg.serve.rate_limit_per_minute), metrics=ServeMetrics(),

@@ -28,6 +28,7 @@ class MetricContext:
     json_schema: dict | None = None
     fields: list[str] | None = None  # default: keys of the JSON references
     retrieved: list[list[str]] | None = None  # per example, the chunk ids given as sources [1], [2], ...
+    citation_field: str | None = "sources"  # JSON answers may cite in this field as well as with [n]
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """citation_accuracy: share of answers that cite at least one source and only sources they were given.
 
-An answer passes when it has one or more [n] markers and every n names one of the sources retrieved for
+An answer passes when it cites one or more sources ([n] markers, or the numbers in the JSON answer's
+`ctx.citation_field`) and every n names one of the sources retrieved for
 that example ([1] is the first). `ctx.retrieved` holds those sources' chunk ids per example; a candidate
 that retrieved nothing (no `ctx.retrieved`) can cite nothing validly and scores 0.
 """
@@ -23,7 +24,8 @@ class CitationAccuracy(Metric):
         retrieved = ctx.retrieved if ctx.retrieved is not None else [[] for _ in predictions]
         if len(retrieved) != len(predictions):
             raise ValueError(f"{self.name}: {len(predictions)} predictions but {len(retrieved)} retrieval lists")
-        checks = [check_citations(text, ids, required=True) for text, ids in zip(predictions, retrieved)]
+        checks = [check_citations(text, ids, required=True, field=ctx.citation_field)
+                  for text, ids in zip(predictions, retrieved)]
         n = max(len(checks), 1)
         return mean_result(
             [float(check.ok) for check in checks],
