@@ -206,3 +206,63 @@ def test_chat_answers_with_the_runs_template(tmp_path, tiny_model_dir):
     result = tunekit("chat", str(tmp_path / "run"), "--max-new-tokens", "5", input="paint it\nand again\n\n")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("model> ") == 2
+
+
+def test_chunked_output_layer_loss_matches_the_whole_logits_loss():
+    from tunekit.train.loss import LOSS_CHUNK, chunked_head_loss
+
+    torch.manual_seed(0)
+    rows = 2 * LOSS_CHUNK + 37  # two full pieces and a ragged one
+    head = torch.nn.Linear(24, 300, bias=False)
+    hidden = torch.randn(rows, 24, requires_grad=True)
+    targets = torch.randint(0, 300, (rows,))
+    whole = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="sum")
+    expected = torch.autograd.grad(whole, [hidden, head.weight])
+    chunked = chunked_head_loss(head, hidden, targets)
+    got = torch.autograd.grad(chunked, [hidden, head.weight])
+    torch.testing.assert_close(chunked, whole)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked_head_loss(head, hidden, targets), whole.detach())
+
+
+def test_updating_weights_during_backward_matches_updating_after_it(tiny_model_dir):
+    """Full fine-tuning without clipping steps each weight inside backward; the result must not change."""
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.train.loop import step_in_backward
+
+    def trained(in_backward: bool) -> dict[str, torch.Tensor]:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)  # tied embeddings
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        params = list(model.parameters())
+        optimizer = torch.optim.AdamW(params, lr=1e-2, fused=True)
+        if in_backward:
+            step_in_backward(optimizer, params)
+        ids = torch.randint(3, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+        for _ in range(3):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            if not in_backward:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    after, during = trained(False), trained(True)
+    assert after.keys() == during.keys()
+    for name, weight in after.items():
+        torch.testing.assert_close(during[name], weight, rtol=0, atol=0, msg=name)
+
+
+def test_full_fine_tuning_without_clipping_trains_and_resumes(tmp_path, tiny_model_dir):
+    config = make_project(tmp_path, tiny_model_dir, extra="  save_every: 2\n")
+    overrides = ["method.name=full", "training.max_grad_norm=null", "training.learning_rate=0.001"]
+    _, result = run_in_process(config, *overrides, "training.max_steps=4")
+    assert result["state"].step == 4
+    losses = [m["loss"] for m in read_metrics(tmp_path / "run") if "loss" in m]
+    assert losses[-1] < losses[0] and not any("grad_norm" in m for m in read_metrics(tmp_path / "run"))
+    _, resumed = run_in_process(config, *overrides, "training.max_steps=6", "training.resume=auto")
+    assert resumed["state"].step == 6

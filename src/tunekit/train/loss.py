@@ -5,6 +5,12 @@ matmul parameters), and most positions in instruction data are prompt tokens who
 thrown away by the loss mask. Running the decoder, then the output layer only on the supervised
 positions, removes that work and the (batch x length x vocab) logits tensor; transformers'
 `model(labels=...)` computes every position.
+
+Even at supervised positions the logits are large (positions x vocabulary: 300 answer tokens of a
+49k vocabulary are 59 MB in fp32, and cross-entropy keeps three or four such tensors alive), so the
+output layer and the loss run LOSS_CHUNK positions at a time, each piece under activation
+checkpointing: only one piece's logits exist at once, and backward recomputes them (a few % of a
+step's compute, since the output layer sees answer tokens only).
 """
 
 from __future__ import annotations
@@ -13,8 +19,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from tunekit.data.tokenize import IGNORE_INDEX
+
+# Supervised positions per piece of the output layer: 128 x 49k vocabulary is ~25 MB per fp32 tensor.
+LOSS_CHUNK = 128
 
 
 def decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module] | None:
@@ -48,8 +58,27 @@ def supervised_loss_sum(
     else:
         decoder, head = parts
         hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        logits = head(hidden[:, :-1][targets != IGNORE_INDEX])
+        supervised = hidden[:, :-1][targets != IGNORE_INDEX]
+        if count == 0:  # still a graph through every weight, so backward (and DDP) behave as usual
+            return head(supervised).sum() * 0.0, 0
+        return chunked_head_loss(head, supervised, targets[targets != IGNORE_INDEX]), count
     picked = targets[targets != IGNORE_INDEX]
     if count == 0:
         return logits.sum() * 0.0, 0
     return F.cross_entropy(logits.float(), picked, reduction="sum"), count
+
+
+def chunked_head_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of head(hidden) against targets, LOSS_CHUNK rows at a time (see the module doc)."""
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, len(targets), LOSS_CHUNK):
+        rows = slice(start, start + LOSS_CHUNK)
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_head_loss, head, hidden[rows], targets[rows], use_reentrant=False)
+        else:
+            total = total + _head_loss(head, hidden[rows], targets[rows])
+    return total
+
+
+def _head_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")

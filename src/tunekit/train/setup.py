@@ -93,7 +93,9 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
         raise UserError("no trainable examples in the train split", where=str(data_dir / "train.jsonl"))
     # Frozen weights live in the compute dtype (half the memory, no per-step casts); weights that
     # train, and every weight of full fine-tuning, stay fp32 so small updates are not rounded away.
-    storage = device.dtype if method.uses_peft and method.name != "qlora" else torch.float32
+    # QLoRA quantizes from the compute-dtype copy too: half the file to read, and NF4 (16 levels per
+    # block) is far coarser than the bf16 rounding of its input.
+    storage = device.dtype if method.uses_peft else torch.float32
     from tunekit.models.variants import weights_in
 
     weights = replace(resolved, path=weights_in(resolved, storage))
