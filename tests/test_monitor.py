@@ -248,8 +248,15 @@ def test_export_writes_rows_data_check_reads(tmp_path, ticket_rows, config):
     assert all(row["needs_label"] and row["messages"][-1]["role"] == "assistant" for row in rows)
     assert rows[0]["meta"]["occurrences"] == 2 and rows[0]["meta"]["draft"] == "none"
     assert rows[1]["messages"][-1]["content"] == '{"category": "bug"'
+    # Unlabelled drafts are refused, each named by file:line, so they cannot be trained on by accident.
     checked = check_files([out], DataConfig())
-    assert not checked.problems.errors and len(checked.examples) == 4
+    assert [(p.code, p.line) for p in checked.problems.errors] == [("needs_label", n) for n in (1, 2, 3, 4)]
+    assert not checked.examples
+    # Once a labeller writes the answers and drops the flag, the rows are ordinary training data.
+    for row in rows:
+        row["messages"][-1]["content"] = '{"category": "bug", "priority": "high", "product": "ledgerly"}'
+        del row["needs_label"]
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     cli_check = subprocess.run([TUNEKIT, "data", "check", str(out), "--no-tokens", "--json"], capture_output=True,
                                text=True, env=os.environ.copy())
     assert cli_check.returncode in (0, 1) and json.loads(cli_check.stdout)["examples"] == 4

@@ -3,8 +3,8 @@
 Each row is in the messages format `tunekit data check` and `tunekit data prepare` read:
 `{"messages": [...the request's turns..., {"role": "assistant", "content": DRAFT}], "needs_label": true,
 "meta": {...}}`. DRAFT is the model's own answer (or a placeholder when it gave none): a labeller replaces it
-with the right answer and deletes `needs_label`. Readers ignore the two extra fields, so an unlabelled file
-still passes `data check`; the `needs_label` flag is what tells a person (or a script) it is not done.
+with the right answer and deletes `needs_label`. Until then `data check` and `data prepare` refuse the row
+(error `needs_label`, naming file:line), so a draft never becomes a training answer by accident.
 """
 
 from __future__ import annotations
