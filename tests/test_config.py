@@ -89,3 +89,11 @@ def test_starter_config_from_init_is_valid(tmp_path, monkeypatch):
     assert cfg.method.name == "lora" and cfg.data.pii == "redact"
     again = CliRunner().invoke(app, ["init"])
     assert again.exit_code != 0
+
+
+def test_gates_saved_as_a_mapping_by_older_runs_still_load(tmp_path):
+    old = load_config(write(tmp_path, "eval:\n  gates: {accuracy: '>= 0.85'}\n"))
+    assert old.eval.gates == ["accuracy >= 0.85"]
+    assert load_config(write(tmp_path, "eval:\n  gates: {}\n")).eval.gates == []
+    with pytest.raises(ConfigError, match=r"eval\.gates"):
+        load_config(write(tmp_path, "eval:\n  gates: {accuracy: 'about 0.8'}\n"))

@@ -66,6 +66,14 @@ class EvalConfig(Section):
     cost: CostConfig = Field(default_factory=CostConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
 
+    @field_validator("gates", mode="before")
+    @classmethod
+    def _gates_from_mapping(cls, value: object) -> object:
+        """Run folders written before gates were a list saved them as {metric: "op threshold"}; read those."""
+        if isinstance(value, dict):
+            return [f"{metric} {condition}" for metric, condition in value.items()]
+        return value
+
     @field_validator("gates")
     @classmethod
     def _gates_parse(cls, value: list[str]) -> list[str]:
