@@ -88,14 +88,14 @@ class StepRunner:
             context = self.acc.no_sync(self.wrapped) if not sync else _null()
             with context, self.autocast:
                 loss_sum, _ = self.wrapped(batch["input_ids"], batch["attention_mask"], batch["labels"])
-            if self.in_backward:  # backward updates the weights: check the loss before it runs
-                _stop_if_not_finite(float(loss_sum.detach()) / max(global_count, 1), state)
+            if self.in_backward and not torch.isfinite(loss_sum):  # backward would update the weights
+                raise _diverged(float(loss_sum.detach()) / max(global_count, 1), state)
             self.acc.backward(loss_sum * scale)
             loss_total += loss_sum.detach().float()
         loss = float(self.acc.reduce(loss_total, reduction="sum")) / max(global_count, 1)
         if not math.isfinite(loss):
             self.opt.zero_grad(set_to_none=True)
-            _stop_if_not_finite(loss, state)
+            raise _diverged(loss, state)
         grad_norm = None
         if self.max_grad_norm:
             params = [p for p in self.wrapped.parameters() if p.requires_grad]
@@ -114,12 +114,11 @@ class StepRunner:
         return StepResult(loss, global_count, tokens, grad_norm)
 
 
-def _stop_if_not_finite(loss: float, state: TrainState) -> None:
-    if not math.isfinite(loss):
-        raise TrainingStopped(
-            f"loss became {loss} at step {state.step + 1}; weights were not updated",
-            fix="lower training.learning_rate or check the data; resume from the last checkpoint",
-        )
+def _diverged(loss: float, state: TrainState) -> TrainingStopped:
+    return TrainingStopped(
+        f"loss became {loss} at step {state.step + 1}; weights were not updated",
+        fix="lower training.learning_rate or check the data; resume from the last checkpoint",
+    )
 
 
 def can_step_in_backward(runner: StepRunner) -> bool:
