@@ -192,8 +192,8 @@ def _score(plan: EvalPlan, spec: CandidateSpec, predictions: list[str],
         ctx = replace(ctx, retrieved=spec.retrieved)  # citation_accuracy checks ids against these
     metrics, details, per_example = {}, {}, None
     for name in plan.cfg.eval.metrics:
-        texts = raw if name == "citation_accuracy" else predictions
-        result = get_metric(name).compute(texts, plan.test.references, ctx)
+        metric = get_metric(name)
+        result = metric.compute(raw if metric.reads_citations else predictions, plan.test.references, ctx)
         metrics[name] = round(float(result.value), 6)
         if result.details:
             details[name] = result.details

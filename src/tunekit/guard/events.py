@@ -10,7 +10,7 @@ from typing import Any
 class GuardEvent:
     stage: str  # "input" | "output"
     policy: str  # e.g. "pii", "injection", "json_schema"
-    action: str  # "allow" | "redact" | "block" | "retry" | "fallback"
+    action: str  # "allow" | "redact" | "block" | "retry" | "fallback" | "flag" (reported, not acted on)
     reason: str  # human-readable, e.g. "ignore-previous-instructions pattern: 'ignore all previous instructions'"
 
     def to_dict(self) -> dict[str, Any]:

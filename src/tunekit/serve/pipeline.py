@@ -180,6 +180,7 @@ class Pipeline:
         missing when required, whether or not an output guardrail acts on them."""
         if not answer.grounded or answer.blocked:
             return
+        from tunekit.guard.events import GuardEvent
         from tunekit.rag.cite import given_sources
 
         answer.sources = given_sources(prepared.retrieved)
@@ -189,4 +190,4 @@ class Pipeline:
         if not check.ok:
             reason = (f"cites sources that were not retrieved: {check.invalid}" if check.invalid
                       else "cites none of the retrieved sources")
-            answer.events.append({"stage": "output", "policy": "citations", "action": "flag", "reason": reason})
+            answer.events.append(GuardEvent("output", "citations", "flag", reason).to_dict())

@@ -42,6 +42,8 @@ class Metric(ABC):
     name: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ()  # MetricContext fields that must be set
+    # Scores the raw output, citations included; the others score the answer without a JSON citation field.
+    reads_citations: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     @abstractmethod

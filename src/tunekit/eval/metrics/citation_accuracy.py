@@ -15,6 +15,7 @@ from tunekit.eval.metrics.base import Metric, MetricContext, MetricResult, check
 @register
 class CitationAccuracy(Metric):
     name = "citation_accuracy"
+    reads_citations = True
     description = "share of answers whose [n] citations are non-empty and all name a retrieved source"
 
     def compute(self, predictions: list[str], references: list[str], ctx: MetricContext) -> MetricResult:
