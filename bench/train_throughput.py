@@ -91,13 +91,23 @@ def trl_eval_loss(run: Path, base_dir: Path) -> float:
         return float(trainer.evaluate()["eval_loss"])
 
 
+def score_run(run: Path) -> float:
+    """trl_eval_loss in a child process: loading a model here would grow this process, and every child
+    started afterwards (tunekit, TRL) inherits its peak RSS through ru_maxrss, which survives exec."""
+    return run_json([sys.executable, __file__, "--score-run", str(run)])["eval_loss"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="lora,qlora,full")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--skip-baseline", action="store_true", help="tunekit only (for quick iteration)")
+    parser.add_argument("--score-run", help=argparse.SUPPRESS)  # internal: print trl_eval_loss of one run folder
     parser.add_argument("overrides", nargs="*", help="extra tunekit key=value overrides")
     args = parser.parse_args()
+    if args.score_run:
+        print(json.dumps({"eval_loss": trl_eval_loss(Path(args.score_run), model_dir())}))
+        return
     peak = run_json([sys.executable, str(SHARED / "peak_flops.py")])
     result: dict = {"bench": "train_throughput", "steps": args.steps,
                     "peak_gflops": {"fp32": peak["peak_fp32_gflops"], "bf16": peak.get("peak_bf16_gflops")}}
@@ -109,7 +119,7 @@ def main() -> None:
             peak_ours = result["peak_gflops"][ours["dtype"]] or result["peak_gflops"]["fp32"]
             entry = {"tunekit": {
                 "useful_tokens_per_s": ours["useful_tokens_per_s"], "val_loss": round(ours["final_val_loss"], 4),
-                "val_loss_trl_eval": round(trl_eval_loss(Path(tmp) / f"run-{method}", mdir), 4),
+                "val_loss_trl_eval": round(score_run(Path(tmp) / f"run-{method}"), 4),
                 "peak_rss_mb": ours["peak_rss_mb"], "dtype": ours["dtype"],
                 "mfu": round(flops_per_token * ours["useful_tokens_per_s"] / 1e9 / peak_ours, 4),
             }}

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from tunekit.devices import release_free_memory
 from tunekit.errors import UserError
 from tunekit.train.batches import Features, batch_order, collate
 from tunekit.train.checkpoint import TrainState
@@ -111,6 +112,7 @@ class StepRunner:
         state.supervised_tokens += global_count
         if state.batch_in_epoch + self.per_step > len(batches):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        release_free_memory()
         return StepResult(loss, global_count, tokens, grad_norm)
 
 

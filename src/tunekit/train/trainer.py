@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import shutil
 import signal
 import time
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 
 from tunekit.config import ProjectConfig, dump_config
-from tunekit.devices import tune_cpu
+from tunekit.devices import peak_rss_mb, tune_cpu
 from tunekit.io import atomic_dir, write_json_atomic, write_text_atomic
 from tunekit.train.checkpoint import (
     TrainState,
@@ -242,7 +241,7 @@ def summarize(run: RunSetup, result: dict[str, Any]) -> dict[str, Any]:
         "matmul_params": run.matmul_params,
         "dtype": run.device.dtype_name,
         "device": run.device.device.type,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "train_s": round(speed.train_seconds, 2),
         "wall_s": round(speed.elapsed, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
