@@ -336,6 +336,34 @@ def test_bootstrap_rejects_mismatched_lists():
         paired_bootstrap("accuracy", ["a"], ["a", "b"], ["a"], MetricContext())
 
 
+def test_paired_bootstrap_scores_each_side_with_its_own_sources():
+    """A grounded fine-tune against a grounded baseline: each was given its own sources, and citation
+    accuracy must check each side's citations against those (one shared context would score B with A's)."""
+    references = ["x"] * 40
+    preds = ["answer [2]"] * 40
+    ctx_a = MetricContext(retrieved=[["doc-1", "doc-2"]] * 40)  # A was given two sources: [2] is valid
+    ctx_b = MetricContext(retrieved=[["doc-1"]] * 40)  # B was given one: [2] names nothing
+    result = paired_bootstrap("citation_accuracy", preds, preds, references, ctx_a, ctx_b=ctx_b, samples=50)
+    assert result.diff == 1.0 and result.low == 1.0
+    shared = paired_bootstrap("citation_accuracy", preds, preds, references, ctx_a, samples=50)
+    assert shared.diff == 0.0  # what the comparison reported before: the same context for both
+
+    class CitationRecomputed(Metric):  # as if not decomposable: each resample is rescored with its context
+        name = "citation_recomputed"
+        reads_citations = True
+
+        def compute(self, predictions, references, ctx):
+            result = get_metric("citation_accuracy").compute(predictions, references, ctx)
+            return MetricResult(result.value, None, result.details)
+
+    mixed = [["doc-1", "doc-2"] if i % 2 else ["doc-1"] for i in range(40)]
+    slow = paired_bootstrap(CitationRecomputed(), preds, ["answer [1]"] * 40, references,
+                            MetricContext(retrieved=mixed), samples=50, seed=3)
+    fast = paired_bootstrap("citation_accuracy", preds, ["answer [1]"] * 40, references,
+                            MetricContext(retrieved=mixed), samples=50, seed=3)
+    assert (slow.low, slow.high) == pytest.approx((fast.low, fast.high))
+
+
 # --- system metrics ---------------------------------------------------------------------------------
 
 
@@ -369,3 +397,4 @@ def test_higher_is_better_covers_system_and_quality_metrics():
     assert higher_is_better("accuracy") and not higher_is_better("refusal_rate")
     with pytest.raises(UserError, match="allowed: "):
         higher_is_better("latency_p99_ms")
+

@@ -13,7 +13,7 @@ slower but right for metrics that do not decompose.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -43,11 +43,16 @@ def paired_bootstrap(
     references: list[str],
     ctx: MetricContext,
     *,
+    ctx_b: MetricContext | None = None,
     samples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> BootstrapResult:
-    """Difference A - B of a metric with a `confidence` percentile interval from `samples` resamples."""
+    """Difference A - B of a metric with a `confidence` percentile interval from `samples` resamples.
+
+    `ctx` is A's context and `ctx_b` B's when they differ (each grounded candidate was given its own
+    sources, which citation_accuracy checks against)."""
+    ctx_b = ctx if ctx_b is None else ctx_b
     metric = get_metric(metric) if isinstance(metric, str) else metric
     n = len(references)
     if not (len(preds_a) == len(preds_b) == n) or n == 0:
@@ -55,7 +60,7 @@ def paired_bootstrap(
     if samples < 1 or not 0 < confidence < 1:
         raise ValueError(f"samples must be >= 1 and confidence in (0, 1), got {samples}, {confidence}")
     result_a = metric.compute(preds_a, references, ctx)
-    result_b = metric.compute(preds_b, references, ctx)
+    result_b = metric.compute(preds_b, references, ctx_b)
     rng = np.random.default_rng(seed)
     if result_a.per_example is not None and result_b.per_example is not None:
         per_example = np.asarray(result_a.per_example, float) - np.asarray(result_b.per_example, float)
@@ -63,7 +68,7 @@ def paired_bootstrap(
     else:
         diffs = np.array(
             [
-                _recomputed_diff(metric, preds_a, preds_b, references, ctx, row)
+                _recomputed_diff(metric, preds_a, preds_b, references, (ctx, ctx_b), row)
                 for rows in _resamples(rng, n, samples)
                 for row in rows
             ]
@@ -81,9 +86,18 @@ def _resamples(rng: np.random.Generator, n: int, samples: int) -> Iterator[np.nd
 
 
 def _recomputed_diff(
-    metric: Metric, preds_a: list[str], preds_b: list[str], references: list[str], ctx: MetricContext, row: np.ndarray
+    metric: Metric, preds_a: list[str], preds_b: list[str], references: list[str],
+    contexts: tuple[MetricContext, MetricContext], row: np.ndarray
 ) -> float:
     refs = [references[i] for i in row]
-    value_a = metric.compute([preds_a[i] for i in row], refs, ctx).value
-    value_b = metric.compute([preds_b[i] for i in row], refs, ctx).value
+    ctx_a, ctx_b = (_resampled(ctx, row) for ctx in contexts)
+    value_a = metric.compute([preds_a[i] for i in row], refs, ctx_a).value
+    value_b = metric.compute([preds_b[i] for i in row], refs, ctx_b).value
     return value_a - value_b
+
+
+def _resampled(ctx: MetricContext, row: np.ndarray) -> MetricContext:
+    """Per-example context (the sources each answer was given) follows its examples into the resample."""
+    if ctx.retrieved is None:
+        return ctx
+    return replace(ctx, retrieved=[ctx.retrieved[i] for i in row])

@@ -187,19 +187,25 @@ def _score(plan: EvalPlan, spec: CandidateSpec, predictions: list[str],
            raw: list[str]) -> tuple[dict, dict, list | None]:
     from tunekit.eval.metrics import get_metric
 
-    ctx = plan.ctx
-    if spec.retrieved:
-        ctx = replace(ctx, retrieved=spec.retrieved)  # citation_accuracy checks ids against these
     metrics, details, per_example = {}, {}, None
     for name in plan.cfg.eval.metrics:
         metric = get_metric(name)
-        result = metric.compute(raw if metric.reads_citations else predictions, plan.test.references, ctx)
+        texts, ctx = _metric_inputs(plan, metric, spec.retrieved, predictions, raw)
+        result = metric.compute(texts, plan.test.references, ctx)
         metrics[name] = round(float(result.value), 6)
         if result.details:
             details[name] = result.details
         if name == plan.primary:
             per_example = result.per_example
     return metrics, details, per_example
+
+
+def _metric_inputs(plan: EvalPlan, metric: Any, retrieved: list[list[str]] | None, predictions: list[str],
+                   raw: list[str]) -> tuple[list[str], Any]:
+    """What one metric scores for one candidate: the raw output when it reads citations, with the sources
+    that candidate was given (citation_accuracy checks ids against them); the answer alone otherwise."""
+    ctx = replace(plan.ctx, retrieved=retrieved) if retrieved else plan.ctx
+    return (raw if metric.reads_citations else predictions), ctx
 
 
 def _system(cfg: ProjectConfig, name: str, generations: list[Any], wall: float, probe: Any) -> dict[str, float]:
@@ -249,8 +255,10 @@ def _comparisons(plan: EvalPlan, candidates: list[dict[str, Any]]) -> list[dict[
     out = []
     for tune in (c for c in ran if c["kind"] not in BASELINE_KINDS):
         for base in (c for c in ran if c["kind"] in BASELINE_KINDS):
-            boot = paired_bootstrap(metric, tune["_predictions"], base["_predictions"], plan.test.references,
-                                    plan.ctx, samples=plan.cfg.eval.bootstrap_samples, seed=plan.cfg.data.split.seed)
+            texts_a, ctx_a = _metric_inputs(plan, metric, tune["_retrieved"], tune["_predictions"], tune["_raw"])
+            texts_b, ctx_b = _metric_inputs(plan, metric, base["_retrieved"], base["_predictions"], base["_raw"])
+            boot = paired_bootstrap(metric, texts_a, texts_b, plan.test.references, ctx_a, ctx_b=ctx_b,
+                                    samples=plan.cfg.eval.bootstrap_samples, seed=plan.cfg.data.split.seed)
             out.append({"a": tune["name"], "b": base["name"], "metric": plan.primary, "diff": round(boot.diff, 6),
                         "low": round(boot.low, 6), "high": round(boot.high, 6), "confidence": 0.95,
                         "samples": boot.samples, "higher_is_better": metric.higher_is_better})
