@@ -98,7 +98,7 @@ class Pipeline:
         generation = self.engine.generate(prepared.prompt, job.params(), job.adapter, deadline=job.deadline)
         answer = Answer(generation.text, generation.finish_reason, prepared.prompt_tokens,
                         generation.completion_tokens, events=list(prepared.events),
-                        grounded=self.retriever is not None and prepared.messages is not None)
+                        grounded=self._grounded(prepared))
         if self.guard is not None:
             self._check_output(prepared, answer)
         self._cite(prepared, answer)
@@ -128,7 +128,7 @@ class Pipeline:
         generation = submission.result()
         answer = Answer(generation.text, generation.finish_reason, prepared.prompt_tokens,
                         generation.completion_tokens, events=list(prepared.events),
-                        grounded=self.retriever is not None and prepared.messages is not None)
+                        grounded=self._grounded(prepared))
         self._cite(prepared, answer)
         return answer
 
@@ -170,8 +170,12 @@ class Pipeline:
             answer.finish_reason = CONTENT_FILTER
             answer.blocked = True
 
+    def _grounded(self, prepared: Prepared) -> bool:
+        """Chat requests are grounded when the server has a retriever; plain completions never are."""
+        return self.retriever is not None and prepared.messages is not None
+
     def _citation_check(self, prepared: Prepared) -> Callable[[str], bool] | None:
-        if self.retriever is None or prepared.messages is None:
+        if not self._grounded(prepared):
             return None
         return lambda text: self.grounding.check(text, prepared.retrieved).ok
 
