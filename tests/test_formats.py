@@ -112,6 +112,20 @@ def test_csv_with_column_map_and_tsv(tmp_path):
     assert examples[0].label == "card_arrival"
 
 
+def test_row_metadata_is_kept_for_slicing(tmp_path):
+    """Short scalar columns and a row's own `meta` survive loading (governance.slices groups by them);
+    content fields, long text and nested values do not become metadata."""
+    csv_path = tmp_path / "d.csv"
+    notes = "x" * 300
+    csv_path.write_text(f"question,answer,region,notes\nHi,hello,emea,{notes}\n", encoding="utf-8")
+    (example,), _ = load(csv_path, columns={"prompt": "question", "completion": "answer"})
+    assert example.meta == {"region": "emea", "format": "prompt_completion"}
+    path = jsonl(tmp_path, [{"text": "my card", "label": "card_arrival", "tier": 2,
+                             "meta": {"channel": "chat", "trace": {"id": 1}, "format": "spoofed"}}])
+    (example,), _ = load(path)
+    assert example.meta == {"tier": 2, "channel": "chat", "format": "label"}
+
+
 def test_json_array_keeps_line_numbers(tmp_path):
     path = tmp_path / "d.json"
     path.write_text('[\n  {"prompt": "a", "completion": "b"},\n\n  {"prompt": "c"}\n]\n', encoding="utf-8")

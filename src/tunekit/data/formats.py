@@ -95,9 +95,28 @@ def to_examples(
             problems.error(row.source, row.line, err.code, err.message, err.fix)
             continue
         example.source, example.line = row.source, row.line
-        example.meta["format"] = name
+        example.meta = {**row_metadata(data), **example.meta, "format": name}
         examples.append(example)
     return examples
+
+
+# Longer strings are content (a document, a note), not something to group by.
+META_MAX_CHARS = 100
+
+
+def row_metadata(data: dict[str, Any]) -> dict[str, Any]:
+    """A row's own metadata, kept through preparation so that reports can slice by it (governance.slices):
+    the scalars of its `meta` object and its short scalar columns that are not content fields (a CSV's
+    `region`, a JSONL's `customer_tier`)."""
+    nested = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    columns = {k: v for k, v in data.items() if k not in MAPPABLE_FIELDS and k not in ("meta", "needs_label")}
+    return {k: v for k, v in {**columns, **nested}.items() if _is_short_scalar(v)}
+
+
+def _is_short_scalar(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= META_MAX_CHARS
+    return isinstance(value, (int, float, bool))
 
 
 def _text_field(data: dict[str, Any], key: str, *, required: bool = True) -> str:
