@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from train_helpers import TUNEKIT, make_project, read_metrics, tunekit
 from tunekit.config import load_config
+from tunekit.errors import ConfigError
 from tunekit.train.loop import TrainingStopped
 from tunekit.train.trainer import train
 
@@ -266,3 +267,40 @@ def test_full_fine_tuning_without_clipping_trains_and_resumes(tmp_path, tiny_mod
     assert losses[-1] < losses[0] and not any("grad_norm" in m for m in read_metrics(tmp_path / "run"))
     _, resumed = run_in_process(config, *overrides, "training.max_steps=6", "training.resume=auto")
     assert resumed["state"].step == 6
+
+
+def test_eight_bit_adamw_trains_and_resumes_exactly(tmp_path, tiny_model_dir):
+    """training.optimizer=adamw_8bit keeps 8-bit moments, and a resumed run (8-bit state restored) ends
+    with the same weights as an uninterrupted one."""
+    overrides = ["method.name=full", "training.optimizer=adamw_8bit", "training.learning_rate=0.001",
+                 "training.lr_scheduler=constant", "training.warmup_ratio=0"]
+    straight = make_project(tmp_path / "a", tiny_model_dir)
+    _, result = run_in_process(straight, *overrides, "training.max_steps=4")
+    losses = [m["loss"] for m in read_metrics(tmp_path / "a" / "run") if "loss" in m]
+    assert result["state"].step == 4 and losses[-1] < losses[0]
+    state = torch.load(next((tmp_path / "a" / "run" / "checkpoints").glob("step-*")) / "optimizer.pt",
+                       weights_only=True)["state"]
+    packed = [s.get("__bnb_optimizer_quant_state__", s) for s in state.values()]  # bnb's state_dict layout
+    moments = [t for s in packed for k, t in s.items() if k in ("state1", "state2")]
+    eight_bit = sum(t.numel() for t in moments if t.dtype == torch.uint8)
+    assert eight_bit > 0.9 * sum(t.numel() for t in moments)  # all but the smallest tensors (norms)
+    resumed = make_project(tmp_path / "b", tiny_model_dir, extra="  save_every: 2\n")
+    run_in_process(resumed, *overrides, "training.max_steps=2")
+    run_in_process(resumed, *overrides, "training.max_steps=4", "training.resume=auto")
+    a = load_file(str(tmp_path / "a" / "run" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "run" / "model" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_eight_bit_adamw_without_bitsandbytes_fails_before_loading(tmp_path, tiny_model_dir, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    config = make_project(tmp_path, tiny_model_dir)
+    with pytest.raises(ConfigError, match="bitsandbytes") as error:
+        run_in_process(config, "training.optimizer=adamw_8bit")
+    assert error.value.where == "training.optimizer"
+    assert not (tmp_path / "run" / "data").exists()  # failed before data preparation and model loading

@@ -120,6 +120,10 @@ class TrainingConfig(Section):
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
+    optimizer: Literal["adamw", "adamw_8bit"] = Field(
+        "adamw", description="adamw_8bit: AdamW with 8-bit state (bitsandbytes), a quarter of the optimizer "
+        "memory; on CPU its step is slower",
+    )
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 42
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 where native")

@@ -51,6 +51,16 @@ def validate_method(cfg: ProjectConfig) -> tuple[Any, Any, Any]:
     return method, arch, resolved
 
 
+def check_optimizer(cfg: ProjectConfig) -> None:
+    import importlib.util
+
+    if cfg.training.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        from tunekit.errors import ConfigError
+
+        raise ConfigError("adamw_8bit needs the bitsandbytes package, which is not installed",
+                          where="training.optimizer", fix="pip install 'tunekit[qlora]', or use adamw")
+
+
 def ensure_prepared(cfg: ProjectConfig, tokenizer: Any, say: Any) -> Path:
     data_dir = cfg.run_path() / DATA_DIR
     if not (data_dir / "train.jsonl").exists():
@@ -77,6 +87,7 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
     from tunekit.models.load import load_chat_tokenizer, load_model
 
     method, arch, resolved = validate_method(cfg)
+    check_optimizer(cfg)
     device = pick_device(cfg.training.dtype)
     tokenizer = load_chat_tokenizer(resolved, cfg.model.trust_remote_code, say=say)
     data_dir = ensure_prepared(cfg, tokenizer, say)
