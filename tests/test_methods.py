@@ -195,6 +195,39 @@ def test_lora_targets_all_linear_but_head(arch: ModelArch, tiny_model_dir: Path)
     assert get_method("lora").describe(model)["trainable_params"] == 2 * per_layer
 
 
+def test_lora_dropout_is_the_fast_mask_with_dropout_semantics(tiny_model_dir: Path) -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    from tunekit.methods.dropout import FastDropout
+
+    model, _ = prepared(tiny_model_dir, MethodConfig(name="lora", r=4))
+    swapped = [m for m in model.modules() if isinstance(m, FastDropout)]
+    assert len(swapped) == 2 * 7 and all(m.p == 0.05 for m in swapped)  # 2 layers x 7 adapted linears
+    dropout = FastDropout(0.3).train()
+    x = torch.ones(1000, 1000)
+    out = dropout(x)
+    zeroed = float((out == 0).float().mean())
+    assert abs(zeroed - 0.3) < 0.003  # 1M independent draws: the standard error is 0.0005
+    assert abs(float(out.mean()) - 1.0) < 0.005  # survivors scaled: the expectation is unchanged
+    assert out.unique().tolist() == pytest.approx([0.0, dropout.scale])
+    assert torch.equal(dropout.eval()(x), x)
+    # Gradient checkpointing recomputes the forward: the same global generator state gives the same mask.
+    dropout.train()
+    weight = torch.randn(64, 64, requires_grad=True)
+    inputs = torch.randn(8, 64)
+
+    def layer(t: torch.Tensor) -> torch.Tensor:
+        return dropout(t) @ weight
+
+    grads = []
+    for use_checkpoint in (False, True):
+        torch.manual_seed(5)
+        out = checkpoint(layer, inputs, use_reentrant=False) if use_checkpoint else layer(inputs)
+        (grad,) = torch.autograd.grad(out.square().sum(), weight)
+        grads.append(grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
 def test_dora_adds_magnitude(tiny_model_dir: Path) -> None:
     model, _ = prepared(tiny_model_dir, MethodConfig(name="dora", target_modules=["q_proj"]))
     assert model.peft_config["default"].use_dora

@@ -45,7 +45,11 @@ def wrap(model: torch.nn.Module, config: Any) -> torch.nn.Module:
     """get_peft_model freezes the base and leaves only the adapter trainable."""
     from peft import get_peft_model
 
-    return get_peft_model(model, config)  # type: ignore[arg-type]
+    from tunekit.methods.dropout import use_fast_dropout
+
+    wrapped = get_peft_model(model, config)  # type: ignore[arg-type]
+    use_fast_dropout(wrapped)
+    return wrapped
 
 
 @register

@@ -1,0 +1,61 @@
+"""LoRA's input dropout with a cheaper random mask on CPU.
+
+Written by hand because torch's CPU dropout draws one random number per element through a serial
+generator path: ~2.5 ms for a 4 x 200 x 576 activation here, while multiplying it by the mask takes
+0.02 ms. LoRA applies dropout to the input of every adapted layer, and gradient checkpointing applies it
+again in recompute, so it was 15% of a LoRA step in the benchmark (502 against 590 tokens/s without).
+
+This mask takes 16-bit slices of 64-bit random integers, four elements per draw (~5x faster). It keeps
+what dropout means: each element is zeroed independently with probability p (rounded to a multiple of
+2^-16, and the survivors scaled by the exact inverse of the rounded keep rate, so the expectation is
+unchanged), and it draws from torch's global generator, so checkpoint recompute and resumed runs see the
+same masks. Elsewhere (GPU) torch's own dropout is already fast and is used.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LEVELS = 1 << 16  # one 16-bit draw per element
+
+
+class FastDropout(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.dropped_levels = round(p * LEVELS)
+        self.scale = LEVELS / (LEVELS - self.dropped_levels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.dropped_levels == 0:
+            return x
+        if x.device.type != "cpu":
+            return nn.functional.dropout(x, self.p, training=True)
+        return x * self.keep_mask(x.shape) * self.scale
+
+    def keep_mask(self, shape: torch.Size) -> torch.Tensor:
+        n = shape.numel()
+        words = torch.randint(-(2**63), 2**63 - 1, (-(-n // 4),), dtype=torch.int64)
+        draws = words.view(torch.int16)[:n].view(shape)  # uniform over -32768..32767
+        return draws >= self.dropped_levels - LEVELS // 2
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def use_fast_dropout(model: nn.Module) -> int:
+    """Swap PEFT's `lora_dropout` modules for FastDropout (no weights, nothing saved changes); returns how
+    many were swapped."""
+    swapped = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if not isinstance(dropouts, nn.ModuleDict):
+            continue
+        for name, dropout in dropouts.items():
+            if isinstance(dropout, nn.Dropout) and dropout.p > 0:
+                dropouts[name] = FastDropout(dropout.p)
+                swapped += 1
+    return swapped
