@@ -5,7 +5,8 @@ generator path: ~2.5 ms for a 4 x 200 x 576 activation here, while multiplying i
 0.02 ms. LoRA applies dropout to the input of every adapted layer, and gradient checkpointing applies it
 again in recompute, so it was 15% of a LoRA step in the benchmark (502 against 590 tokens/s without).
 
-This mask takes 16-bit slices of 64-bit random integers, four elements per draw (~5x faster). It keeps
+This mask takes 16-bit slices of 64-bit random integers, four elements per draw: the forward takes
+0.74 ms instead of 3.3 ms, forward and backward 1.2 ms instead of 2.5 ms, ~5% of a LoRA step. It keeps
 what dropout means: each element is zeroed independently with probability p (rounded to a multiple of
 2^-16, and the survivors scaled by the exact inverse of the rounded keep rate, so the expectation is
 unchanged), and it draws from torch's global generator, so checkpoint recompute and resumed runs see the
