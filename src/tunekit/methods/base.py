@@ -171,6 +171,15 @@ def check_gradient_checkpointing(method: Method, enabled: bool) -> None:
         )
 
 
+def require_bitsandbytes(feature: str, where: str, instead: str) -> None:
+    """Before any model loads: `feature` (QLoRA, 8-bit AdamW) needs bitsandbytes, an optional install."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{feature} needs the bitsandbytes package, which is not installed", where=where,
+                          fix=f"pip install 'tunekit[qlora]', or use {instead}")
+
+
 def require_positive(value: int, key: str, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"must be a positive integer, got {value!r}", where=f"method.{key}", fix=what)

@@ -47,10 +47,8 @@ class FastDropout(nn.Module):
         return f"p={self.p}"
 
 
-def use_fast_dropout(model: nn.Module) -> int:
-    """Swap PEFT's `lora_dropout` modules for FastDropout (no weights, nothing saved changes); returns how
-    many were swapped."""
-    swapped = 0
+def use_fast_dropout(model: nn.Module) -> None:
+    """Swap PEFT's `lora_dropout` modules for FastDropout (no weights, nothing saved changes)."""
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)
         if not isinstance(dropouts, nn.ModuleDict):
@@ -58,5 +56,3 @@ def use_fast_dropout(model: nn.Module) -> int:
         for name, dropout in dropouts.items():
             if isinstance(dropout, nn.Dropout) and dropout.p > 0:
                 dropouts[name] = FastDropout(dropout.p)
-                swapped += 1
-    return swapped

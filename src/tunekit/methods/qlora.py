@@ -9,14 +9,13 @@ every frozen 4-bit layer, so all but the last adapters get wrong gradients (meas
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import torch
 
 from tunekit.config import MethodConfig
 from tunekit.errors import ConfigError
-from tunekit.methods.base import Method, ModelArch
+from tunekit.methods.base import Method, ModelArch, require_bitsandbytes
 from tunekit.methods.lora import lora_config, validate_lora, wrap
 from tunekit.methods.registry import register
 
@@ -28,12 +27,7 @@ class QLora(Method):
     summary = "LoRA on a 4-bit (NF4) quantized base model"
 
     def validate(self, opts: MethodConfig, arch: ModelArch) -> None:
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ConfigError(
-                "qlora needs the bitsandbytes package, which is not installed",
-                where="method.name",
-                fix="pip install 'tunekit[qlora]', or use method.name=lora",
-            )
+        require_bitsandbytes("qlora", where="method.name", instead="method.name=lora")
         if opts.quant_type not in ("nf4", "fp4"):  # the config's Literal already enforces it; belt and braces
             raise ConfigError(f"got {opts.quant_type!r}", where="method.quant_type", fix="nf4 or fp4")
         validate_lora(opts, arch)

@@ -48,24 +48,23 @@ def supervised_loss_sum(
     so gradient accumulation and several processes weigh every token equally."""
     labels = batch["labels"]
     targets = labels[:, 1:]
-    count = int((targets != IGNORE_INDEX).sum())
+    supervised = targets != IGNORE_INDEX
+    picked, count = targets[supervised], int(supervised.sum())
     parts = decoder_and_head(model) if direct else None
     if parts is None:
         # Prefix and prompt tuning change the input inside the PEFT wrapper: use its forward.
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         # Prompt tuning prepends virtual tokens whose logits have no target: keep the real positions.
-        logits = logits[:, -labels.shape[1] :][:, :-1][targets != IGNORE_INDEX]
-    else:
-        decoder, head = parts
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        supervised = hidden[:, :-1][targets != IGNORE_INDEX]
-        if count == 0:  # still a graph through every weight, so backward (and DDP) behave as usual
-            return head(supervised).sum() * 0.0, 0
-        return chunked_head_loss(head, supervised, targets[targets != IGNORE_INDEX]), count
-    picked = targets[targets != IGNORE_INDEX]
-    if count == 0:
-        return logits.sum() * 0.0, 0
-    return F.cross_entropy(logits.float(), picked, reduction="sum"), count
+        logits = logits[:, -labels.shape[1] :][:, :-1][supervised]
+        if count == 0:
+            return logits.sum() * 0.0, 0
+        return F.cross_entropy(logits.float(), picked, reduction="sum"), count
+    decoder, head = parts
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    rows = hidden[:, :-1][supervised]
+    if count == 0:  # still a graph through every weight, so backward (and DDP) behave as usual
+        return head(rows).sum() * 0.0, 0
+    return chunked_head_loss(head, rows, picked), count
 
 
 def chunked_head_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

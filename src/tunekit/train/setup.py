@@ -52,13 +52,10 @@ def validate_method(cfg: ProjectConfig) -> tuple[Any, Any, Any]:
 
 
 def check_optimizer(cfg: ProjectConfig) -> None:
-    import importlib.util
+    from tunekit.methods.base import require_bitsandbytes
 
-    if cfg.training.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
-        from tunekit.errors import ConfigError
-
-        raise ConfigError("adamw_8bit needs the bitsandbytes package, which is not installed",
-                          where="training.optimizer", fix="pip install 'tunekit[qlora]', or use adamw")
+    if cfg.training.optimizer == "adamw_8bit":
+        require_bitsandbytes("adamw_8bit", where="training.optimizer", instead="adamw")
 
 
 def ensure_prepared(cfg: ProjectConfig, tokenizer: Any, say: Any) -> Path:
