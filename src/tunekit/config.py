@@ -120,9 +120,10 @@ class TrainingConfig(Section):
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    optimizer: Literal["adamw", "adamw_8bit"] = Field(
-        "adamw", description="adamw_8bit: AdamW with 8-bit state (bitsandbytes), a quarter of the optimizer "
-        "memory; on CPU its step is slower",
+    optimizer: Literal["auto", "adamw", "adamw_bf16", "adamw_8bit"] = Field(
+        "auto", description="adamw: fp32 state; adamw_bf16: bf16 state and compensated bf16 weights, half the "
+        "memory of weights and state; adamw_8bit: 8-bit state (bitsandbytes), slow on CPU; auto: adamw_bf16 "
+        "for full and freeze in bf16 on one process, adamw otherwise",
     )
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 42

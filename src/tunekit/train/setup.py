@@ -13,6 +13,7 @@ from tunekit.config import ProjectConfig
 from tunekit.data import DATA_DIR
 from tunekit.devices import DeviceInfo, attention_implementation, pick_device
 from tunekit.train.batches import Features, encode_all, read_split
+from tunekit.train.optimizers import resolve_optimizer, store_trained_weights_in
 
 DEFAULT_LR = {"full": 2e-5, "freeze": 5e-5}
 
@@ -30,6 +31,8 @@ class RunSetup:
     train: list[Features]
     validation: list[Features]
     learning_rate: float
+    optimizer: str  # resolved: never "auto"
+    residuals: dict[torch.nn.Parameter, torch.Tensor]  # rounding errors of weights stored in bf16 for it
     matmul_params: int  # every Linear of the base model, lm_head included: the FLOP count's basis
 
     @property
@@ -123,10 +126,14 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
+    optimizer = resolve_optimizer(cfg.training.optimizer, method.name, device.dtype)
+    residuals = {}
+    if optimizer == "adamw_bf16" and device.dtype == torch.bfloat16:
+        residuals = store_trained_weights_in(model, device.dtype)  # the optimizer keeps them exact
     lr = cfg.training.learning_rate or DEFAULT_LR.get(method.name, 2e-4)
     return RunSetup(
         cfg, cfg.run_path(), device, method, arch, resolved.path, tokenizer, model, train, validation, lr,
-        matmul_params,
+        optimizer, residuals, matmul_params,
     )
 
 
@@ -137,3 +144,4 @@ def count_matmul_params(model: torch.nn.Module) -> int:
         if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
             total += module.in_features * module.out_features
     return total
+

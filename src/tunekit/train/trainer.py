@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tunekit.config import ProjectConfig, dump_config
 from tunekit.devices import peak_rss_mb, tune_cpu
 from tunekit.io import atomic_dir, write_json_atomic, write_text_atomic
@@ -30,6 +28,7 @@ from tunekit.train.loop import (
     validation_loss,
 )
 from tunekit.train.metrics import MetricsLogger, plot_loss_curve
+from tunekit.train.optimizers import CompactAdamW, make_optimizer
 from tunekit.train.setup import RunSetup, build_run
 
 EVALS_PER_RUN = 10
@@ -46,9 +45,11 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None) -> dict[st
     is_main = acc.is_main_process
     if is_main:
         say(f"{run.method.name} on {run.device.device.type} in {run.device.dtype_name} ({run.device.reason}); "
-            f"{threads} threads; {len(run.train)} train / {len(run.validation)} validation examples")
+            f"{threads} threads; {run.optimizer}; {len(run.train)} train / {len(run.validation)} validation examples")
     trainable = [p for p in run.model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, run.learning_rate, cfg.training.weight_decay, cfg.training.optimizer)
+    optimizer = make_optimizer(trainable, run.learning_rate, cfg.training.weight_decay, run.optimizer,
+                               seed=cfg.training.seed, residuals=run.residuals)
+    run.residuals.clear()  # the optimizer holds them now
     wrapped = SupervisedLM(run.model, direct=run.method.name not in ("prefix", "prompt"))
     wrapped, optimizer = acc.prepare(wrapped, optimizer)
     runner = StepRunner(
@@ -77,27 +78,9 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None) -> dict[st
         if logger is not None:
             logger.close()
     if is_main:
-        _finish(run, acc, wrapped, result)
+        _finish(run, acc, wrapped, optimizer, result)
     acc.wait_for_everyone()
     return result
-
-
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float,
-                   kind: str = "adamw") -> torch.optim.Optimizer:
-    """AdamW, fused where torch has a fused kernel for the device (CPU and CUDA do): one pass over each
-    parameter and its state. The for-loop version allocates temporaries as large as the parameter (for
-    full fine-tuning of SmolLM2, ~220 MB at its 28M-weight embedding, on top of the gradients) and runs
-    many small parallel regions.
-
-    `adamw_8bit` keeps both moments in 8 bits with a scale per block (bitsandbytes, as torchtune and
-    Axolotl offer it): 2 bytes of state per weight instead of 8, which is what lets a larger model's full
-    fine-tuning fit. bitsandbytes' CPU step is plain torch code, ~30x slower than the fused AdamW."""
-    if kind == "adamw_8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
-    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None  # None: torch's own choice
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
 def _scheduler(cfg: ProjectConfig, optimizer: Any, total_steps: int) -> Any:
@@ -212,11 +195,14 @@ def _save(run: RunSetup, acc: Any, wrapped: Any, runner: StepRunner, state: Trai
     acc.wait_for_everyone()
 
 
-def _finish(run: RunSetup, acc: Any, wrapped: Any, result: dict[str, Any]) -> None:
+def _finish(run: RunSetup, acc: Any, wrapped: Any, optimizer: Any, result: dict[str, Any]) -> None:
     from tunekit.train.manifest import write_manifest
 
     model = acc.unwrap_model(wrapped).model
     target = run.run_dir / ("adapter" if run.method.uses_peft else "model")
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the real one
+    if isinstance(optimizer, CompactAdamW):
+        optimizer.finish()  # fp32 weights again, from bf16 weights and their compensation
     with atomic_dir(target, replace=True) as tmp:
         model.save_pretrained(str(tmp))
     with atomic_dir(run.run_dir / "tokenizer", replace=True) as tmp:
@@ -249,6 +235,7 @@ def summarize(run: RunSetup, result: dict[str, Any]) -> dict[str, Any]:
         "trainable_params": trainable,
         "matmul_params": run.matmul_params,
         "dtype": run.device.dtype_name,
+        "optimizer": run.optimizer,
         "device": run.device.device.type,
         "peak_rss_mb": peak_rss_mb(),
         "train_s": round(speed.train_seconds, 2),
