@@ -58,9 +58,14 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None) -> dict[st
         pad_id=run.tokenizer.pad_token_id, max_grad_norm=cfg.training.max_grad_norm,
         autocast=run.device.autocast(),
     )
+    compact = isinstance(optimizer.optimizer, CompactAdamW)
     if can_step_in_backward(runner):
         step_in_backward(optimizer, trainable)  # the prepared optimizer: its step() is what the schedule counts
         runner.in_backward = True
+        if compact:
+            optimizer.optimizer.flat_gradients = False  # each gradient is dropped as soon as it is used
+    elif compact:
+        optimizer.zero_grad()  # its gradient buffers exist before the first forward
     total_steps = cfg.training.max_steps or max(1, round(cfg.training.epochs * runner.steps_per_epoch()))
     runner.sched = _scheduler(cfg, optimizer, total_steps)
     state = _resume(cfg, run, acc, optimizer, runner.sched, say)
