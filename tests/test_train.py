@@ -304,3 +304,26 @@ def test_eight_bit_adamw_without_bitsandbytes_fails_before_loading(tmp_path, tin
         run_in_process(config, "training.optimizer=adamw_8bit")
     assert error.value.where == "training.optimizer"
     assert not (tmp_path / "run" / "data").exists()  # failed before data preparation and model loading
+
+
+def test_a_full_disk_stops_with_a_clear_message_before_writing(tmp_path, tiny_model_dir, monkeypatch):
+    """Checked before each checkpoint: torch's own error on a full disk is "unexpected pos ..."."""
+    import shutil
+    from collections import namedtuple
+
+    from tunekit.errors import UserError
+
+    config = make_project(tmp_path, tiny_model_dir, extra="  save_every: 2\n")
+    real = shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+    calls = {"n": 0}
+
+    def nearly_full(path):
+        calls["n"] += 1
+        return usage(10 << 30, 10 << 30, 1 << 20) if calls["n"] > 1 else real(path)  # the 2nd checkpoint
+
+    monkeypatch.setattr(shutil, "disk_usage", nearly_full)
+    with pytest.raises(UserError, match="not enough disk space to write checkpoint step 4") as error:
+        run_in_process(config, "training.max_steps=6")
+    assert "keep_checkpoints" in error.value.fix
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000002"]

@@ -72,6 +72,21 @@ def atomic_dir(target: str | os.PathLike[str], *, replace: bool = False) -> Iter
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def require_free_space(folder: str | os.PathLike[str], needed_bytes: int, what: str, fix: str) -> None:
+    """Fail before writing `what` when the disk cannot hold it. A write that runs out of space part-way
+    fails deep inside torch or safetensors with a message that does not say so ("unexpected pos ...")."""
+    from tunekit.errors import UserError
+
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed_bytes:
+        raise UserError(
+            f"not enough disk space to write {what}: it needs about {needed_bytes >> 20} MB and "
+            f"{free >> 20} MB are free", where=str(existing), fix=fix,
+        )
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

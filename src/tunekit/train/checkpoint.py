@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunekit.errors import UserError
-from tunekit.io import atomic_dir
+from tunekit.io import atomic_dir, require_free_space
 
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -76,8 +76,13 @@ def save_checkpoint(
     peft_model: Any = None,
 ) -> Path:
     target = run_dir / CHECKPOINTS / f"step-{state.step:06d}"
+    weights = trainable_state(model)
+    require_free_space(
+        run_dir, _checkpoint_bytes(weights, optimizer), f"checkpoint step {state.step}",
+        fix="free disk space or set training.keep_checkpoints lower, then resume with training.resume=auto",
+    )
     with atomic_dir(target, replace=True) as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         save_rng(tmp)
@@ -86,6 +91,14 @@ def save_checkpoint(
             peft_model.save_pretrained(str(tmp / "adapter"))
     _prune(run_dir / CHECKPOINTS, keep)
     return target
+
+
+def _checkpoint_bytes(weights: dict[str, torch.Tensor], optimizer: Any) -> int:
+    """Weights and optimizer state, with a margin for the small files and the serializers' headers."""
+    tensors = list(weights.values()) + [
+        value for state in optimizer.state.values() for value in state.values() if isinstance(value, torch.Tensor)
+    ]
+    return int(sum(t.numel() * t.element_size() for t in tensors) * 1.05) + (16 << 20)
 
 
 def _prune(folder: Path, keep: int) -> None:
