@@ -38,13 +38,19 @@ class FastDropout(nn.Module):
         return x * self.keep_mask(x.shape) * self.scale
 
     def keep_mask(self, shape: torch.Size) -> torch.Tensor:
-        n = shape.numel()
-        words = torch.randint(-(2**63), 2**63 - 1, (-(-n // 4),), dtype=torch.int64)
-        draws = words.view(torch.int16)[:n].view(shape)  # uniform over -32768..32767
+        draws = random_int16(shape.numel()).view(shape)
         return draws >= self.dropped_levels - LEVELS // 2
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def random_int16(n: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """n values uniform over -32768..32767, as 16-bit slices of 64-bit draws (four per draw): torch's CPU
+    generator costs per draw, not per bit."""
+    words = torch.randint(-(2**63), 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=device,
+                          generator=generator)
+    return words.view(torch.int16)[:n]
 
 
 def use_fast_dropout(model: nn.Module) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from tunekit.devices import release_free_memory
+from tunekit.methods.dropout import random_int16
 
 CHUNK = 1 << 20  # weights per fused update: 16 MB of fp32 temporaries, and few Python round trips
 STATE_DTYPE = torch.bfloat16
@@ -243,12 +244,8 @@ def exact_weight(rounded: torch.Tensor, compensation: torch.Tensor) -> torch.Ten
 def stochastic_round(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """fp32 to bf16, rounding up with probability equal to the fraction that bf16 drops: unbiased. Adds 16
     random bits below bf16's last bit and truncates (for negative numbers this rounds the magnitude, which
-    is the same thing). Overwrites `values`. The random bits are 16-bit slices of 64-bit draws, four per
-    draw: torch's CPU generator costs per draw, not per bit."""
-    n = values.numel()
-    words = torch.randint(-(2**63), 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=values.device,
-                          generator=generator)
-    noise = words.view(torch.int16)[:n].to(torch.int32).bitwise_and_(0xFFFF)
+    is the same thing). Overwrites `values`."""
+    noise = random_int16(values.numel(), generator, values.device).to(torch.int32).bitwise_and_(0xFFFF)
     bits = values.view(torch.int32)
     bits.add_(noise).bitwise_and_(-65536)
     return values.to(torch.bfloat16)  # exact: the low 16 bits are zero
