@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,13 @@ def atomic_dir(target: str | os.PathLike[str], *, replace: bool = False) -> Iter
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def require_free_space(folder: str | os.PathLike[str], needed_bytes: int, what: str, fix: str) -> None:
-    """Fail before writing `what` when the disk cannot hold it. A write that runs out of space part-way
-    fails deep inside torch or safetensors with a message that does not say so ("unexpected pos ...")."""
+def require_free_space(folder: str | os.PathLike[str], tensors: Iterable[Any], what: str, fix: str) -> None:
+    """Fail before writing `what` (these tensors, plus 5% and 16 MB for headers and small files) when the
+    disk cannot hold it. A write that runs out of space part-way fails deep inside torch or safetensors
+    with a message that does not say so ("unexpected pos ...")."""
     from tunekit.errors import UserError
 
+    needed_bytes = int(sum(t.numel() * t.element_size() for t in tensors) * 1.05) + (16 << 20)
     folder = Path(folder)
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     free = shutil.disk_usage(existing).free

@@ -77,8 +77,9 @@ def save_checkpoint(
 ) -> Path:
     target = run_dir / CHECKPOINTS / f"step-{state.step:06d}"
     weights = trainable_state(model)
+    optimizer_state = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
     require_free_space(
-        run_dir, _checkpoint_bytes(weights, optimizer), f"checkpoint step {state.step}",
+        run_dir, [*weights.values(), *optimizer_state], f"checkpoint step {state.step}",
         fix="free disk space or set training.keep_checkpoints lower, then resume with training.resume=auto",
     )
     with atomic_dir(target, replace=True) as tmp:
@@ -91,14 +92,6 @@ def save_checkpoint(
             peft_model.save_pretrained(str(tmp / "adapter"))
     _prune(run_dir / CHECKPOINTS, keep)
     return target
-
-
-def _checkpoint_bytes(weights: dict[str, torch.Tensor], optimizer: Any) -> int:
-    """Weights and optimizer state, with a margin for the small files and the serializers' headers."""
-    tensors = list(weights.values()) + [
-        value for state in optimizer.state.values() for value in state.values() if isinstance(value, torch.Tensor)
-    ]
-    return int(sum(t.numel() * t.element_size() for t in tensors) * 1.05) + (16 << 20)
 
 
 def _prune(folder: Path, keep: int) -> None:

@@ -209,8 +209,8 @@ def _finish(run: RunSetup, acc: Any, wrapped: Any, optimizer: Any, result: dict[
     if isinstance(optimizer, CompactAdamW):
         optimizer.finish()  # fp32 weights again, from bf16 weights and their compensation
     saved = [p for p in model.parameters() if p.requires_grad] if run.method.uses_peft else list(model.parameters())
-    require_free_space(run.run_dir, int(sum(p.numel() * p.element_size() for p in saved) * 1.05) + (16 << 20),
-                       f"the trained {target.name}", fix="free disk space, then run again with training.resume=auto")
+    require_free_space(run.run_dir, saved, f"the trained {target.name}",
+                       fix="free disk space, then run again with training.resume=auto")
     with atomic_dir(target, replace=True) as tmp:
         model.save_pretrained(str(tmp))
     with atomic_dir(run.run_dir / "tokenizer", replace=True) as tmp:
