@@ -5,15 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_helpers import make_project, read_metrics
-from tunekit.config import load_config
+from train_helpers import make_project, read_metrics, run_in_process
 from tunekit.train.optimizers import CompactAdamW, resolve_optimizer, stochastic_round, store_trained_weights_in
-from tunekit.train.trainer import train
-
-
-def run_in_process(config, *overrides):
-    cfg = load_config(config, list(overrides))
-    return train(cfg, say=lambda *_: None)
 
 
 def test_stochastic_rounding_is_unbiased_and_exact_on_the_grid():
@@ -118,7 +111,7 @@ def test_full_fine_tuning_with_bf16_state_resumes_exactly_and_saves_fp32(tmp_pat
     overrides = ["method.name=full", "training.dtype=bf16", "training.optimizer=adamw_bf16",
                  "training.learning_rate=0.001", "training.lr_scheduler=constant", "training.warmup_ratio=0"]
     straight = make_project(tmp_path / "a", tiny_model_dir)
-    result = run_in_process(straight, *overrides, "training.max_steps=6")
+    _, result = run_in_process(straight, *overrides, "training.max_steps=6")
     losses = [m["loss"] for m in read_metrics(tmp_path / "a" / "run") if "loss" in m]
     assert result["state"].step == 6 and losses[-1] < losses[0]
     checkpoint = next((tmp_path / "a" / "run" / "checkpoints").glob("step-*"))

@@ -10,16 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_helpers import TUNEKIT, make_project, read_metrics, tunekit
-from tunekit.config import load_config
+from train_helpers import TUNEKIT, make_project, read_metrics, run_in_process, tunekit
 from tunekit.errors import ConfigError
 from tunekit.train.loop import TrainingStopped
-from tunekit.train.trainer import train
-
-
-def run_in_process(config, *overrides):
-    cfg = load_config(config, list(overrides))
-    return cfg, train(cfg, say=lambda *_: None)
 
 
 def test_lora_run_folder_is_complete_and_peft_loadable(tmp_path, tiny_model_dir):

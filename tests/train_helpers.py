@@ -46,3 +46,12 @@ def tunekit(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def run_in_process(config: Path, *overrides: str) -> tuple:
+    """`tunekit train` in this process (monkeypatches apply): the config and train()'s result."""
+    from tunekit.config import load_config
+    from tunekit.train.trainer import train
+
+    cfg = load_config(config, list(overrides))
+    return cfg, train(cfg, say=lambda *_: None)

@@ -96,14 +96,13 @@ class CompactAdamW(torch.optim.Optimizer):
     """AdamW with bf16 moments, and compensated bf16 weights.
 
     - A bf16 weight keeps the rounding error of its last update in a bf16 `compensation`, and the next
-      update starts from weight + compensation (Kahan's summation, to ~16 significant bits). An int8
-      compensation (1/256ths of the bf16 spacing) was tried: it saves 135 MB for SmolLM2-135M, but its
-      fixed resolution loses part of updates close to it (~13% error for weights near 0.5 at lr 2e-5,
-      against 4% here), and the 30-step benchmark's validation loss rose from 1.343 to 1.374. An fp32
-      weight would need the same 4
-      bytes; what this saves is the fp32 gradient and the per-forward cast, while updates smaller than
-      bf16's resolution (2^-8 of the weight; fine-tuning steps are ~2^-11) still add up instead of
-      rounding away.
+      update starts from weight + compensation (Kahan's summation, to ~16 significant bits). The pair
+      takes the 4 bytes an fp32 weight would; what it saves is the fp32 gradient and the per-forward cast,
+      while updates smaller than bf16's resolution (2^-8 of the weight; fine-tuning steps are ~2^-11)
+      still add up instead of rounding away. An int8 compensation (1/256ths of the bf16 spacing) was
+      tried: it saves 135 MB for SmolLM2-135M, but its fixed resolution loses part of updates close to
+      it (~13% error for weights near 0.5 at lr 2e-5, against 4% here), and the 30-step benchmark's
+      validation loss rose from 1.343 to 1.374.
     - The first moment is rounded to nearest: it moves by 10% of the gradient each step.
     - The second moment is rounded stochastically (up with the probability of the dropped fraction):
       with beta2 = 0.999 it moves by 0.1% a step, below half a bf16 step, so rounding to nearest would

@@ -144,4 +144,3 @@ def count_matmul_params(model: torch.nn.Module) -> int:
         if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
             total += module.in_features * module.out_features
     return total
-
