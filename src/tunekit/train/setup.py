@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +14,9 @@ from tunekit.data import DATA_DIR
 from tunekit.devices import DeviceInfo, attention_implementation, pick_device
 from tunekit.train.batches import Features, encode_all, read_split
 from tunekit.train.optimizers import resolve_optimizer, store_trained_weights_in
+
+if TYPE_CHECKING:
+    from tunekit.models.resolve import ResolvedModel
 
 DEFAULT_LR = {"full": 2e-5, "freeze": 5e-5}
 
@@ -107,13 +110,11 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
     # QLoRA quantizes from the compute-dtype copy too: half the file to read, and NF4 (16 levels per
     # block) is far coarser than the bf16 rounding of its input.
     storage = device.dtype if method.uses_peft else torch.float32
-    from tunekit.models.variants import weights_in
-
-    weights = replace(resolved, path=weights_in(resolved, storage))
+    load_kwargs = method.load_kwargs(cfg.method, device.dtype)
     model = load_model(
-        weights, dtype=storage, trust_remote_code=cfg.model.trust_remote_code,
-        attn_implementation=attention_implementation(device, cfg.training.attention),
-        **method.load_kwargs(cfg.method, device.dtype),
+        replace(resolved, path=stored_weights(resolved, storage, load_kwargs)), dtype=storage,
+        trust_remote_code=cfg.model.trust_remote_code,
+        attn_implementation=attention_implementation(device, cfg.training.attention), **load_kwargs,
     )
     model.config.use_cache = False
     checkpointing = cfg.training.gradient_checkpointing
@@ -135,6 +136,17 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
         cfg, cfg.run_path(), device, method, arch, resolved.path, tokenizer, model, train, validation, lr,
         optimizer, residuals, matmul_params,
     )
+
+
+def stored_weights(resolved: ResolvedModel, dtype: torch.dtype, load_kwargs: dict[str, Any]) -> Path:
+    """The cached copy of the weights to load: in `dtype`, and quantized already when the method asks for a
+    quantization (which is then taken out of `load_kwargs`: the copy's config.json carries it)."""
+    from tunekit.models.variants import quantized_weights_in, weights_in
+
+    quantization = load_kwargs.pop("quantization_config", None)
+    if quantization is None:
+        return weights_in(resolved, dtype)
+    return quantized_weights_in(resolved, dtype, quantization)
 
 
 def count_matmul_params(model: torch.nn.Module) -> int:
