@@ -29,6 +29,7 @@ from tunekit.train.loop import (
 )
 from tunekit.train.metrics import MetricsLogger, plot_loss_curve
 from tunekit.train.optimizers import CompactAdamW, make_optimizer
+from tunekit.train.schedule import make_scheduler
 from tunekit.train.setup import RunSetup, build_run
 
 EVALS_PER_RUN = 10
@@ -89,11 +90,8 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None) -> dict[st
 
 
 def _scheduler(cfg: ProjectConfig, optimizer: Any, total_steps: int) -> Any:
-    from transformers import get_scheduler
-
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.training.lr_scheduler]
     warmup = round(cfg.training.warmup_ratio * total_steps)
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return make_scheduler(optimizer, cfg.training.lr_scheduler, warmup, total_steps)
 
 
 def _resume(cfg: ProjectConfig, run: RunSetup, acc: Any, optimizer: Any, scheduler: Any, say: Any) -> TrainState:
