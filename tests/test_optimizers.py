@@ -73,8 +73,8 @@ def test_compact_adamw_state_stays_bf16_through_a_state_dict():
 
 
 def test_bf16_weights_give_nearly_the_forward_of_fp32_weights_under_autocast(tiny_model_dir):
-    """Matmuls read the same bf16 values either way; only the embedding rows looked up differ, by bf16's
-    rounding."""
+    """Matmuls read the same bf16 values either way; the embedding rows looked up, and the residual stream
+    they start, differ by bf16's rounding (measured: 0.6% of the logits' norm on the tiny model)."""
     from transformers import AutoModelForCausalLM
 
     fp32 = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -91,7 +91,7 @@ def test_bf16_weights_give_nearly_the_forward_of_fp32_weights_under_autocast(tin
     ids = torch.randint(3, fp32.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
         expected, got = fp32(input_ids=ids).logits, compact(input_ids=ids).logits
-        assert compact.get_input_embeddings()(ids).dtype == torch.float32  # the residual stream stays fp32
+        assert compact.get_input_embeddings()(ids).dtype == torch.bfloat16  # the residual stream is bf16
     got, expected = got.detach().float(), expected.detach().float()
     assert float((got - expected).norm() / expected.norm()) < 2**-6  # bf16 logits are exact to 2^-8 each
 

@@ -60,14 +60,16 @@ def store_trained_weights_in(model: torch.nn.Module, dtype: torch.dtype) -> dict
     """Trainable Linear and input-embedding weights to `dtype`, for `CompactAdamW`: matmuls read them
     without a cast, and their gradients are `dtype` too (for a tied embedding, the output layer's
     gradient and the lookup's are then 54 MB each for SmolLM2-135M instead of 108). The embedding's output
-    is cast back to fp32, so the residual stream stays fp32 as it is with fp32 weights under autocast.
+    is then bf16, and so is the residual stream, as in a bf16 model (and in torchtune's and LitGPT's bf16
+    full fine-tuning): the layer inputs that activation checkpointing keeps take half the memory (70 MB
+    fewer at 4 x 512 tokens). Measured against an fp32 residual stream, the 30-step benchmark's
+    validation loss was the same (1.1583 against 1.1584, scored by TRL) and the peak 115 MB lower.
 
     Returns each converted weight's rounding error, for the optimizer's compensation to start from. It
     matters: a weight that starts on the bf16 grid moves only once its updates add up to half a bf16 step
     (hundreds of fine-tuning steps), while an fp32 weight cast to bf16 for each matmul, sitting anywhere
     between grid points, flips as soon as its updates cross the nearest midpoint. Measured on SmolLM2-135M,
     full fine-tuning: without it the loss after 12 steps was 1.85 against fp32 AdamW's 1.65."""
-    embedding = model.get_input_embeddings()
     residuals = {}
     for module in model.modules():
         weight = getattr(module, "weight", None)
@@ -78,18 +80,12 @@ def store_trained_weights_in(model: torch.nn.Module, dtype: torch.dtype) -> dict
         exact = weight.data
         weight.data = exact.to(dtype)
         residuals[weight] = (exact - weight.data.float()).to(dtype)
-    if embedding is not None and embedding.weight in residuals:
-        embedding.register_forward_hook(_output_in_fp32)
     # Loaded weights are views of the weights file's memory map, and the map stays while any of them
     # lives: the norms alone kept 415 MB of file pages resident. Copies free it.
     for tensor in [*model.parameters(), *model.buffers()]:
         if tensor.dtype != dtype:
             tensor.data = tensor.data.clone()
     return residuals
-
-
-def _output_in_fp32(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-    return output.float()
 
 
 class CompactAdamW(torch.optim.Optimizer):
