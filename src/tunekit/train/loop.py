@@ -162,7 +162,7 @@ class _null:
 def validation_loss(acc: Any, wrapped: Any, features: list[Features], pad_id: int, autocast: Any,
                     batch_size: int) -> float | None:
     """Mean loss over supervised tokens, in batches of the training batch size: no larger activations than
-    training already needed, so evaluation never sets the run's peak memory."""
+    training already needed, so evaluation does not set the run's peak memory."""
     if not features:
         return None
     wrapped.eval()
@@ -175,6 +175,9 @@ def validation_loss(acc: Any, wrapped: Any, features: list[Features], pad_id: in
             loss_sum, n = wrapped(batch["input_ids"], batch["attention_mask"], batch["labels"])
         total += loss_sum.float()
         count += n
+        # Batches come shortest first, so each needs larger blocks than the holes the last one left: without
+        # this the heap grew by every batch (a LoRA run's validation rose from 0.79 to 1.16 GB, its peak).
+        release_free_memory()
     wrapped.train()
     total, count = acc.reduce(total, "sum"), acc.reduce(count, "sum")
     return float(total) / max(int(count), 1)
