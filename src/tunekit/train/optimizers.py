@@ -56,6 +56,26 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: fl
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
+def by_device_and_dtype(tensors: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for tensor in tensors:
+        groups.setdefault((tensor.device, tensor.dtype), []).append(tensor)
+    return list(groups.values())
+
+
+def flat_views(like: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One zeroed buffer in `dtype` on the device of `like`, and a view of it shaped like each tensor there.
+    Long-lived tensors allocated one by one spread over the heap, between each step's transient ones, and
+    the free space around them cannot be handed back; gradients allocated during backward also landed
+    between each layer's freed activations (~13 MB more heap a layer for SmolLM2-135M)."""
+    buffer = torch.zeros(sum(t.numel() for t in like), dtype=dtype, device=like[0].device)
+    views, offset = [], 0
+    for tensor in like:
+        views.append(buffer[offset : offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()
+    return buffer, views
+
+
 def store_trained_weights_in(model: torch.nn.Module, dtype: torch.dtype) -> dict[torch.nn.Parameter, torch.Tensor]:
     """Trainable Linear and input-embedding weights to `dtype`, for `CompactAdamW`: matmuls read them
     without a cast, and their gradients are `dtype` too (for a tied embedding, the output layer's
@@ -77,19 +97,12 @@ def store_trained_weights_in(model: torch.nn.Module, dtype: torch.dtype) -> dict
         if trained and weight.requires_grad and weight.dtype != dtype:
             weights[weight] = None
     residuals = {}
-    for device in {weight.device for weight in weights}:
-        here = [weight for weight in weights if weight.device == device]
-        # One buffer each for the weights and their errors, like the optimizer's state (see _init_flat_states).
-        total = sum(weight.numel() for weight in here)
-        stored, errors = (torch.empty(total, dtype=dtype, device=device) for _ in range(2))
-        offset = 0
-        for weight in here:
-            rounded = stored[offset : offset + weight.numel()].view_as(weight)
-            error = errors[offset : offset + weight.numel()].view_as(weight)
+    for same in by_device_and_dtype(weights):  # one buffer each for the weights and their errors
+        (_, stored), (_, errors) = flat_views(same, dtype), flat_views(same, dtype)
+        for weight, rounded, error in zip(same, stored, errors, strict=True):
             rounded.copy_(weight.data)
             error.copy_(weight.data - rounded.float())
             weight.data, residuals[weight] = rounded, error
-            offset += weight.numel()
     # Loaded weights are views of the weights file's memory map, and the map stays while any of them
     # lives: the norms alone kept 415 MB of file pages resident. Copies free it.
     for tensor in [*model.parameters(), *model.buffers()]:
@@ -149,10 +162,8 @@ class CompactAdamW(torch.optim.Optimizer):
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Gradients live in one zeroed buffer per dtype, allocated once, and backward adds into them.
-        Allocated during backward instead, each layer's gradients land between that layer's freed
-        activations, and the heap the next layers' activations need keeps growing: ~13 MB a layer for
-        SmolLM2-135M, 300-500 MB at the end of backward."""
+        """Gradients live in one zeroed buffer per dtype, allocated once (`flat_views`), and backward adds
+        into them. Allocated during backward instead, the heap grew 300-500 MB by the end of backward."""
         if not self.flat_gradients:
             super().zero_grad(set_to_none=set_to_none)
             return
@@ -162,38 +173,24 @@ class CompactAdamW(torch.optim.Optimizer):
             buffer.zero_()
 
     def _assign_flat_gradients(self) -> list[torch.Tensor]:
-        params = [p for group in self.param_groups for p in group["params"]]
         buffers = []
-        for key in sorted({(p.device.type, p.device.index or 0, str(p.dtype)) for p in params}):
-            same = [p for p in params if (p.device.type, p.device.index or 0, str(p.dtype)) == key]
-            buffer = torch.zeros(sum(p.numel() for p in same), dtype=same[0].dtype, device=same[0].device)
-            offset = 0
-            for param in same:
+        for same in by_device_and_dtype(p for group in self.param_groups for p in group["params"]):
+            buffer, views = flat_views(same, same[0].dtype)
+            for param, view in zip(same, views, strict=True):
                 param.grad = None  # frees a gradient allocated the usual way first
-                param.grad = buffer[offset : offset + param.numel()].view_as(param)
-                offset += param.numel()
+                param.grad = view
             buffers.append(buffer)
         return buffers
 
     def _init_flat_states(self, params: list[torch.Tensor]) -> None:
-        """The compensated weights' moments and compensations, as views of one buffer per kind. Allocated
-        one by one, these 3 x ~200 long-lived tensors sat all over the heap, between the step's transient
-        ones, and the free space around them could not be handed back."""
-        for key in sorted({(p.device.type, p.device.index or 0, str(p.dtype)) for p in params}):
-            same = [p for p in params if (p.device.type, p.device.index or 0, str(p.dtype)) == key]
-            total, device = sum(p.numel() for p in same), same[0].device
-            flats = {
-                "exp_avg": torch.zeros(total, dtype=STATE_DTYPE, device=device),
-                "exp_avg_sq": torch.zeros(total, dtype=STATE_DTYPE, device=device),
-                "compensation": torch.zeros(total, dtype=same[0].dtype, device=device),
-            }
-            offset = 0
-            for param in same:
-                state = self.state[param]
-                state["step"] = torch.tensor(0.0)
-                for name, flat in flats.items():
-                    state[name] = flat[offset : offset + param.numel()].view_as(param)
-                offset += param.numel()
+        """The compensated weights' moments and compensations, as views of one buffer per kind (`flat_views`)."""
+        for same in by_device_and_dtype(params):
+            kinds = {"exp_avg": STATE_DTYPE, "exp_avg_sq": STATE_DTYPE, "compensation": same[0].dtype}
+            views = {name: flat_views(same, dtype)[1] for name, dtype in kinds.items()}
+            for i, param in enumerate(same):
+                self.state[param]["step"] = torch.tensor(0.0)
+                for name in kinds:
+                    self.state[param][name] = views[name][i]
 
     def _init_state(self, param: torch.Tensor, state: dict[str, Any]) -> None:
         state["step"] = torch.tensor(0.0)
