@@ -63,8 +63,8 @@ class StepRunner:
         # Return the heap's free pages inside each step too (before backward and the optimizer), not only
         # between steps. It trades speed for peak memory (30-step runs, same data): full fine-tuning 50-80 MB
         # lower per step; LoRA peaked at 1049-1153 MB against 1158-1367 without, but ran ~12% slower (the
-        # returned pages fault back in during backward). QLoRA stays well under its 1.2 GB either way
-        # (985-1090 against 1020-1128 MB), so it keeps its speed: the trainer leaves this off for it.
+        # returned pages fault back in during backward). Each method says whether it wants it
+        # (Method.trim_heap_within_step).
         self.trim_within_step = False
 
     def steps_per_epoch(self) -> int:

@@ -59,7 +59,7 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None) -> dict[st
         pad_id=run.tokenizer.pad_token_id, max_grad_norm=cfg.training.max_grad_norm,
         autocast=run.device.autocast(),
     )
-    runner.trim_within_step = run.method.name != "qlora"
+    runner.trim_within_step = run.method.trim_heap_within_step
     compact = isinstance(optimizer.optimizer, CompactAdamW)
     if can_step_in_backward(runner):
         step_in_backward(optimizer, trainable)  # the prepared optimizer: its step() is what the schedule counts
