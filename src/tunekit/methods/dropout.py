@@ -22,11 +22,15 @@ LEVELS = 1 << 16  # one 16-bit draw per element
 
 
 class FastDropout(nn.Module):
-    def __init__(self, p: float):
+    """`stream` tells apart the dropouts of one layer that see the same input (q, k and v; gate and up):
+    under torch.compile, identical calls of the mask op would be merged into one shared mask."""
+
+    def __init__(self, p: float, stream: int = 0):
         super().__init__()
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
+        self.stream = stream
         self.dropped_levels = round(p * LEVELS)
         self.scale = LEVELS / (LEVELS - self.dropped_levels)
 
@@ -35,14 +39,24 @@ class FastDropout(nn.Module):
             return x
         if x.device.type != "cpu":
             return nn.functional.dropout(x, self.p, training=True)
-        return x * self.keep_mask(x.shape) * self.scale
-
-    def keep_mask(self, shape: torch.Size) -> torch.Tensor:
-        draws = random_int16(shape.numel()).view(shape)
-        return draws >= self.dropped_levels - LEVELS // 2
+        return x * keep_mask(x, self.dropped_levels, self.stream) * self.scale
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+# An opaque op for torch.compile: inductor's own random numbers cost 2.6 ms per mask here (its generator
+# runs per element), 18% of a compiled LoRA step. The calls are not merged across streams (see FastDropout),
+# and checkpointed recompute draws the same masks again, as in eager mode (tests/test_compile.py).
+@torch.library.custom_op("tunekit::keep_mask", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
+def keep_mask(like: torch.Tensor, dropped_levels: int, stream: int) -> torch.Tensor:
+    draws = random_int16(like.numel()).view(like.shape)
+    return draws >= dropped_levels - LEVELS // 2
+
+
+@keep_mask.register_fake
+def _(like: torch.Tensor, dropped_levels: int, stream: int) -> torch.Tensor:
+    return torch.empty_like(like, dtype=torch.bool)
 
 
 def random_int16(n: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
@@ -54,11 +68,15 @@ def random_int16(n: int, generator: torch.Generator | None = None, device: torch
 
 
 def use_fast_dropout(model: nn.Module) -> None:
-    """Swap PEFT's `lora_dropout` modules for FastDropout (no weights, nothing saved changes)."""
-    for module in model.modules():
+    """Swap PEFT's `lora_dropout` modules for FastDropout (no weights, nothing saved changes). Each adapted
+    layer kind (q_proj, v_proj, ...) gets its own stream number, the same in every decoder layer, so the
+    layers stay identical and torch.compile builds one graph for all of them."""
+    streams: dict[str, int] = {}
+    for path, module in model.named_modules():
         dropouts = getattr(module, "lora_dropout", None)
         if not isinstance(dropouts, nn.ModuleDict):
             continue
+        stream = streams.setdefault(path.rsplit(".", 1)[-1], len(streams))
         for name, dropout in dropouts.items():
             if isinstance(dropout, nn.Dropout) and dropout.p > 0:
-                dropouts[name] = FastDropout(dropout.p)
+                dropouts[name] = FastDropout(dropout.p, stream)
