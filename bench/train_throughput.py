@@ -6,7 +6,11 @@ validation loss on synth_eval.jsonl. Prints one JSON line: useful (non-padding) 
 their ratio, validation losses, peak RSS, and MFU against the attainable matmul rate that
 ../shared/bench/peak_flops.py measures in the same run, for the dtype each side used.
 
-  .venv/bin/python bench/train_throughput.py [--methods lora,qlora,full] [--steps 30] [--skip-baseline]
+  .venv/bin/python bench/train_throughput.py [--methods lora,qlora,full] [--steps 30] [--skip-baseline] [--cold]
+
+tunekit compiles its decoder layers (training.compile=auto) and inductor caches the result on the machine;
+a 2-step run of each method first fills that cache, so the timed run includes loading the compiled layers
+(~2 s) but not compiling them (~20 s, once per machine). --cold skips the warm-up.
 """
 
 from __future__ import annotations
@@ -102,6 +106,8 @@ def main() -> None:
     parser.add_argument("--methods", default="lora,qlora,full")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--skip-baseline", action="store_true", help="tunekit only (for quick iteration)")
+    parser.add_argument("--cold", action="store_true", help="no 2-step warm-up run first: the timed run then "
+                        "includes compiling the layers, as a machine's very first run does (~20 s)")
     parser.add_argument("--score-run", help=argparse.SUPPRESS)  # internal: print trl_eval_loss of one run folder
     parser.add_argument("overrides", nargs="*", help="extra tunekit key=value overrides")
     args = parser.parse_args()
@@ -114,6 +120,8 @@ def main() -> None:
     mdir = model_dir()
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
+            if not args.cold:  # fill inductor's cache (once per machine in real use): see --cold
+                tunekit_run(method, 2, Path(tmp) / "warmup", args.overrides)
             ours = tunekit_run(method, args.steps, Path(tmp), args.overrides)
             flops_per_token = (6 if method == "full" else 4) * ours["matmul_params"]
             peak_ours = result["peak_gflops"][ours["dtype"]] or result["peak_gflops"]["fp32"]

@@ -50,7 +50,7 @@ def write_project(root: Path, model_dir: Path, rows: list[dict], *, steps: int, 
         f"run_dir: {root / 'run'}\nmodel:\n  name: {model_dir}\n  max_seq_len: 128\n"
         "data:\n  files: [data.jsonl]\n  dedupe:\n    near: false\n"
         f"training:\n  max_steps: {steps}\n  batch_size: 4\n  learning_rate: 0.01\n  eval_every: {steps}\n"
-        "  gradient_checkpointing: false\n" + extra,
+        "  gradient_checkpointing: false\n  compile: false\n" + extra,
         encoding="utf-8",
     )
     return config

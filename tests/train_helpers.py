@@ -34,14 +34,16 @@ def make_project(root: Path, model_dir: Path, n: int = 160, extra: str = "") -> 
     config.write_text(
         f"run_dir: {root / 'run'}\nmodel:\n  name: {model_dir}\n  max_seq_len: 128\n"
         "data:\n  files: [data.jsonl]\n  dedupe:\n    near: false\n"
-        "training:\n  max_steps: 8\n  batch_size: 4\n  learning_rate: 0.003\n" + extra,
+        # compile: false because compiling takes longer than these 8 steps; test_compile.py covers it.
+        "training:\n  max_steps: 8\n  batch_size: 4\n  learning_rate: 0.003\n  compile: false\n" + extra,
         encoding="utf-8",
     )
     return config
 
 
 def tunekit(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([TUNEKIT, *args], capture_output=True, text=True, env=os.environ.copy(), **kwargs)
+    kwargs.setdefault("env", os.environ.copy())
+    return subprocess.run([TUNEKIT, *args], capture_output=True, text=True, **kwargs)
 
 
 def read_metrics(run: Path) -> list[dict]:

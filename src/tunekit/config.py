@@ -134,6 +134,10 @@ class TrainingConfig(Section):
         "default: on where the method supports it",
     )
     attention: Literal["auto", "eager", "sdpa"] = Field("auto", description="auto: eager on CPU, sdpa on GPU")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the decoder layers (~25% faster LoRA steps on CPU; ~20 s to compile "
+        "once per machine, then cached); auto: on for CPU training in bf16 when a C++ compiler is present",
+    )
     num_threads: int | None = Field(None, ge=1, description="default: one per core")
     eval_every: int | None = Field(None, ge=1, description="validation loss every N steps (default: 10/run)")
     early_stopping_patience: int | None = Field(None, ge=1, description="evals without improvement")

@@ -97,6 +97,8 @@ class Method(ABC):
     # Whether the trainer returns the heap's free pages inside each step (StepRunner.trim_within_step):
     # a lower peak for ~3-12% of the step's speed.
     trim_heap_within_step: ClassVar[bool] = True
+    # False where the method's forward does not run under torch.compile (training.compile).
+    compiles: ClassVar[bool] = True
 
     @abstractmethod
     def validate(self, opts: MethodConfig, arch: ModelArch) -> None:

@@ -16,6 +16,9 @@ class Dora(Method):
     name = "dora"
     uses_peft = True
     summary = "weight-decomposed LoRA (magnitude + direction)"
+    # PEFT's DoRA caches each weight's norm in a dict during forward: a side effect that torch.compile
+    # refuses inside a checkpointed layer, so the layers would run eagerly anyway, after a failed trace.
+    compiles = False
 
     def validate(self, opts: MethodConfig, arch: ModelArch) -> None:
         validate_lora(opts, arch)

@@ -13,6 +13,7 @@ from tunekit.config import ProjectConfig
 from tunekit.data import DATA_DIR
 from tunekit.devices import DeviceInfo, attention_implementation, pick_device
 from tunekit.train.batches import Features, encode_all, read_split
+from tunekit.train.compile import compile_layers, decide_compile
 from tunekit.train.optimizers import resolve_optimizer, store_trained_weights_in
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ class RunSetup:
     optimizer: str  # resolved: never "auto"
     residuals: dict[torch.nn.Parameter, torch.Tensor]  # rounding errors of weights stored in bf16 for it
     matmul_params: int  # every Linear of the base model, lm_head included: the FLOP count's basis
+    compiled: bool  # decoder layers under torch.compile (training.compile)
+    compile_reason: str  # why they are, or are not
 
     @property
     def peft_model(self) -> Any:
@@ -92,6 +95,7 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
     method, arch, resolved = validate_method(cfg)
     check_optimizer(cfg)
     device = pick_device(cfg.training.dtype)
+    compile_layers_too, compile_reason = decide_compile(cfg.training.compile, device, method)
     tokenizer = load_chat_tokenizer(resolved, cfg.model.trust_remote_code, say=say)
     data_dir = ensure_prepared(cfg, tokenizer, say)
     encode_opts = {
@@ -124,6 +128,8 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     matmul_params = count_matmul_params(model)
     model = method.apply(model, cfg.method, arch)
+    if compile_layers_too:
+        compile_layers(model, arch.layer_prefix, fall_back=cfg.training.compile == "auto")
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
@@ -134,7 +140,7 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
     lr = cfg.training.learning_rate or DEFAULT_LR.get(method.name, 2e-4)
     return RunSetup(
         cfg, cfg.run_path(), device, method, arch, resolved.path, tokenizer, model, train, validation, lr,
-        optimizer, residuals, matmul_params,
+        optimizer, residuals, matmul_params, compile_layers_too, compile_reason,
     )
 
 

@@ -18,6 +18,7 @@ from tunekit.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from tunekit.train.compile import eager
 from tunekit.train.loop import (
     StepRunner,
     SupervisedLM,
@@ -47,6 +48,11 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None) -> dict[st
     if is_main:
         say(f"{run.method.name} on {run.device.device.type} in {run.device.dtype_name} ({run.device.reason}); "
             f"{threads} threads; {run.optimizer}; {len(run.train)} train / {len(run.validation)} validation examples")
+        if run.compiled:
+            say(f"decoder layers compiled with torch.compile ({run.compile_reason}): the first step compiles "
+                "them, ~20 s once per machine, cached afterwards (training.compile=false turns it off)")
+        elif cfg.training.compile == "auto":
+            say(f"decoder layers run eagerly: {run.compile_reason}")
     trainable = [p for p in run.model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, run.learning_rate, cfg.training.weight_decay, run.optimizer,
                                seed=cfg.training.seed, residuals=run.residuals)
@@ -148,14 +154,16 @@ def _loop(cfg: ProjectConfig, run: RunSetup, acc: Any, wrapped: Any, runner: Ste
             if result.grad_norm is not None:
                 record["grad_norm"] = round(result.grad_norm, 4)
             if state.step % eval_every == 0 or state.step == total_steps:
-                record["val_loss"] = validation_loss(acc, wrapped, run.validation, runner.pad_id, runner.autocast,
-                                                     runner.batch_size)
+                with eager():
+                    record["val_loss"] = validation_loss(acc, wrapped, run.validation, runner.pad_id,
+                                                         runner.autocast, runner.batch_size)
                 if _early_stop(state, record["val_loss"], t.early_stopping_patience):
                     stop_reason = "early_stopping"
             if t.answer_eval_every and state.step % t.answer_eval_every == 0 and acc.is_main_process:
                 from tunekit.train.answer_eval import answer_accuracy
 
-                record.update(answer_accuracy(run, cfg))
+                with eager():
+                    record.update(answer_accuracy(run, cfg))
             state.history.append({k: v for k, v in record.items() if k in ("step", "loss", "val_loss")})
             if logger is not None and (state.step % t.log_every == 0 or "val_loss" in record):
                 logger.log(record)
@@ -243,6 +251,7 @@ def summarize(run: RunSetup, result: dict[str, Any]) -> dict[str, Any]:
         "matmul_params": run.matmul_params,
         "dtype": run.device.dtype_name,
         "optimizer": run.optimizer,
+        "compiled": run.compiled,
         "device": run.device.device.type,
         "peak_rss_mb": peak_rss_mb(),
         "train_s": round(speed.train_seconds, 2),
