@@ -134,7 +134,7 @@ class TrainingConfig(Section):
         "default: on where the method supports it",
     )
     attention: Literal["auto", "eager", "sdpa"] = Field("auto", description="auto: eager on CPU, sdpa on GPU")
-    compile: bool | Literal["auto"] = Field(
+    compile: Literal["auto", True, False] = Field(
         "auto", description="torch.compile the decoder layers (~25% faster LoRA steps on CPU; ~20 s to compile "
         "once per machine, then cached); auto: on for CPU training in bf16 when a C++ compiler is present",
     )
