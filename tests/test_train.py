@@ -87,9 +87,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_
     real = loop.supervised_loss_sum
     calls = {"n": 0}
 
-    def poisoned(model, batch, direct):
+    def poisoned(model, batch, **options):
         calls["n"] += 1
-        loss, count = real(model, batch, direct=direct)
+        loss, count = real(model, batch, **options)
         return (loss * float("nan"), count) if calls["n"] > 6 else (loss, count)
 
     monkeypatch.setattr(loop, "supervised_loss_sum", poisoned)

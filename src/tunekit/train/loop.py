@@ -15,7 +15,7 @@ from tunekit.devices import release_free_memory
 from tunekit.errors import UserError
 from tunekit.train.batches import Features, batch_order, collate
 from tunekit.train.checkpoint import TrainState
-from tunekit.train.loss import supervised_loss_sum
+from tunekit.train.loss import HeadLoss, supervised_loss_sum
 
 
 class TrainingStopped(UserError):
@@ -27,14 +27,15 @@ class TrainingStopped(UserError):
 class SupervisedLM(torch.nn.Module):
     """Wraps the model so that DDP sees the forward that computes the loss (hooks stay intact)."""
 
-    def __init__(self, model: torch.nn.Module, direct: bool):
+    def __init__(self, model: torch.nn.Module, direct: bool, head_loss: HeadLoss | None = None):
         super().__init__()
         self.model = model
         self.direct = direct
+        self.head_loss = head_loss
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Any:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        loss_sum, count = supervised_loss_sum(self.model, batch, direct=self.direct)
+        loss_sum, count = supervised_loss_sum(self.model, batch, direct=self.direct, head_loss=self.head_loss)
         return loss_sum, torch.tensor(count, dtype=torch.long)
 
 

@@ -15,6 +15,7 @@ step's compute, since the output layer sees answer tokens only).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,11 +42,15 @@ def decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module] | No
     return decoder, head
 
 
+HeadLoss = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def supervised_loss_sum(
-    model: Any, batch: dict[str, torch.Tensor], *, direct: bool
+    model: Any, batch: dict[str, torch.Tensor], *, direct: bool, head_loss: HeadLoss | None = None
 ) -> tuple[torch.Tensor, int]:
     """Sum of token losses and number of supervised tokens; the caller divides by the global count,
-    so gradient accumulation and several processes weigh every token equally."""
+    so gradient accumulation and several processes weigh every token equally. `head_loss` computes one
+    piece of the output layer's loss (head_loss_sum, or a compiled version of it)."""
     labels = batch["labels"]
     targets = labels[:, 1:]
     supervised = targets != IGNORE_INDEX
@@ -64,20 +69,23 @@ def supervised_loss_sum(
     rows = hidden[:, :-1][supervised]
     if count == 0:  # still a graph through every weight, so backward (and DDP) behave as usual
         return head(rows).sum() * 0.0, 0
-    return chunked_head_loss(head, rows, picked), count
+    return chunked_head_loss(head, rows, picked, head_loss or head_loss_sum), count
 
 
-def chunked_head_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def chunked_head_loss(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, piece: HeadLoss | None = None
+) -> torch.Tensor:
     """Summed cross-entropy of head(hidden) against targets, LOSS_CHUNK rows at a time (see the module doc)."""
+    piece = piece or head_loss_sum
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, len(targets), LOSS_CHUNK):
         rows = slice(start, start + LOSS_CHUNK)
         if torch.is_grad_enabled():
-            total = total + checkpoint(_head_loss, head, hidden[rows], targets[rows], use_reentrant=False)
+            total = total + checkpoint(piece, head, hidden[rows], targets[rows], use_reentrant=False)
         else:
-            total = total + _head_loss(head, hidden[rows], targets[rows])
+            total = total + piece(head, hidden[rows], targets[rows])
     return total
 
 
-def _head_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def head_loss_sum(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")

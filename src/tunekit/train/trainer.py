@@ -18,7 +18,7 @@ from tunekit.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from tunekit.train.compile import eager
+from tunekit.train.compile import compiled_head_loss, eager
 from tunekit.train.loop import (
     StepRunner,
     SupervisedLM,
@@ -57,7 +57,8 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None) -> dict[st
     optimizer = make_optimizer(trainable, run.learning_rate, cfg.training.weight_decay, run.optimizer,
                                seed=cfg.training.seed, residuals=run.residuals)
     run.residuals.clear()  # the optimizer holds them now
-    wrapped = SupervisedLM(run.model, direct=run.method.name not in ("prefix", "prompt"))
+    wrapped = SupervisedLM(run.model, direct=run.method.name not in ("prefix", "prompt"),
+                           head_loss=compiled_head_loss() if run.compiled else None)
     wrapped, optimizer = acc.prepare(wrapped, optimizer)
     runner = StepRunner(
         acc, wrapped, optimizer, None, run.train, batch_size=cfg.training.batch_size,
