@@ -191,14 +191,19 @@ def validation_loss(acc: Any, wrapped: Any, features: list[Features], pad_id: in
 
 
 class Throughput:
-    """Tokens per second of training steps alone: evaluation and checkpoint time are not in it."""
+    """Tokens per second of training steps alone: evaluation and checkpoint time are not in it. The first step
+    of a process also traces and compiles the model (training.compile) or builds its matmul kernels, a fixed
+    cost of a few seconds; `steady_tokens_per_s` leaves it out, as MFU figures conventionally do."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.tokens = 0
         self.train_seconds = 0.0
+        self.first_step: tuple[int, float] | None = None  # (tokens, seconds)
 
     def add(self, tokens: int, seconds: float) -> None:
+        if self.first_step is None:
+            self.first_step = (tokens, seconds)
         self.tokens += tokens
         self.train_seconds += seconds
 
@@ -209,3 +214,14 @@ class Throughput:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / max(self.train_seconds, 1e-9)
+
+    @property
+    def first_step_seconds(self) -> float | None:
+        return self.first_step[1] if self.first_step else None
+
+    @property
+    def steady_tokens_per_s(self) -> float | None:
+        """Tokens per second after this process's first step; None until there are two steps."""
+        if self.first_step is None or self.train_seconds <= self.first_step[1]:
+            return None
+        return (self.tokens - self.first_step[0]) / (self.train_seconds - self.first_step[1])

@@ -244,6 +244,9 @@ def summarize(run: RunSetup, result: dict[str, Any]) -> dict[str, Any]:
         "tokens": state.tokens,
         "supervised_tokens": state.supervised_tokens,
         "useful_tokens_per_s": round(speed.tokens_per_s, 1),
+        # without this process's first step, which also compiles (a fixed cost of a few seconds)
+        "steady_useful_tokens_per_s": _rounded(speed.steady_tokens_per_s, 1),
+        "first_step_s": _rounded(speed.first_step_seconds, 2),
         "final_train_loss": train_losses[-1] if train_losses else None,
         "final_train_loss_avg5": round(sum(train_losses[-5:]) / len(train_losses[-5:]), 5) if train_losses else None,
         "final_val_loss": val_losses[-1] if val_losses else None,
@@ -259,3 +262,7 @@ def summarize(run: RunSetup, result: dict[str, Any]) -> dict[str, Any]:
         "wall_s": round(speed.elapsed, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
