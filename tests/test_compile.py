@@ -70,6 +70,21 @@ def test_compiled_layers_compute_eager_gradients_with_the_same_dropout_masks(tin
 
 
 @needs_compiler
+def test_the_compiled_dropout_mask_is_the_eager_one_bit_for_bit() -> None:
+    """Compiled, the mask is computed per element (fused into its multiply); eagerly, four elements per hash
+    read as 16-bit slices. Sizes that are not multiples of four check the last, partial word."""
+    from tunekit.methods.dropout import keep_mask
+
+    compiled = torch.compile(keep_mask, dynamic=True)
+    for shape, seed, dropped in (((3, 7, 5), -(2**62) - 12345, 3277), ((2, 64), 2**63 - 1, 32768), ((1, 1, 3), 7, 1)):
+        like, seed_tensor = torch.empty(shape), torch.tensor(seed, dtype=torch.int64)
+        eager = keep_mask(like, seed_tensor, dropped)
+        assert torch.equal(compiled(like, seed_tensor, dropped), eager), shape
+    wide = keep_mask(torch.empty(4096, 256), torch.tensor(99), 3277)
+    assert abs(float(wide.float().mean()) - (1 - 3277 / 65536)) < 0.002  # 1M draws: standard error 0.0002
+
+
+@needs_compiler
 def test_a_compiled_run_trains_like_an_eager_one(tmp_path: Path, tiny_model_dir: Path) -> None:
     results = {}
     for setting in ("false", "true"):
