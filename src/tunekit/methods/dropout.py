@@ -72,8 +72,8 @@ def keep_mask(like: torch.Tensor, seed: torch.Tensor, dropped_levels: int) -> to
     if torch.compiler.is_compiling():  # per element, so inductor fuses it into the consumer
         index = torch.arange(like.numel(), device=like.device).view(like.shape)
         words = splitmix64(seed + (index >> 2) * _GOLDEN_GAMMA)
-        bits = (words >> (index & 3) * 16) & 0xFFFF  # the sign bits >> copies in are masked off
-        return bits ^ 0x8000 >= dropped_levels  # as the eager path's signed reading, offset by 2^15
+        bits = (words >> (index & 3) * 16) & (LEVELS - 1)  # the sign bits >> copies in are masked off
+        return (bits ^ LEVELS // 2) >= dropped_levels  # as the eager path's signed reading, offset by 2^15
     # Eagerly, each pass over a tensor costs: hash a quarter as many words and read them as 16-bit levels
     # (little-endian, as the shifts above; signed, hence the offset).
     words = splitmix64(seed + torch.arange(-(-like.numel() // 4), device=like.device) * _GOLDEN_GAMMA)
@@ -97,14 +97,6 @@ def splitmix64(z: torch.Tensor) -> torch.Tensor:
 def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
     """Logical right shift: torch's >> on int64 copies the sign bit, so clear what it shifted in."""
     return (z >> bits) & ((1 << (64 - bits)) - 1)
-
-
-def random_int16(n: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
-    """n values uniform over -32768..32767, as 16-bit slices of 64-bit draws (four per draw): torch's CPU
-    generator costs per draw, not per bit."""
-    words = torch.randint(-(2**63), 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=device,
-                          generator=generator)
-    return words.view(torch.int16)[:n]
 
 
 def use_fast_dropout(model: nn.Module) -> None:

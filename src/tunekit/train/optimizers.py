@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from tunekit.devices import release_free_memory
-from tunekit.methods.dropout import random_int16
 
 CHUNK = 1 << 20  # weights per fused update: 16 MB of fp32 temporaries, and few Python round trips
 STATE_DTYPE = torch.bfloat16
@@ -271,6 +270,14 @@ def stochastic_round(values: torch.Tensor, generator: torch.Generator) -> torch.
     bits = values.view(torch.int32)
     bits.add_(noise).bitwise_and_(-65536)
     return values.to(torch.bfloat16)  # exact: the low 16 bits are zero
+
+
+def random_int16(n: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """n values uniform over -32768..32767, as 16-bit slices of 64-bit draws (four per draw): torch's CPU
+    generator costs per draw, not per bit."""
+    words = torch.randint(-(2**63), 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=device,
+                          generator=generator)
+    return words.view(torch.int16)[:n]
 
 
 def _mix(seed: int, step: int, position: int) -> int:
