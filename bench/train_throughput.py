@@ -103,6 +103,11 @@ def score_run(run: Path) -> float:
     return run_json([sys.executable, __file__, "--score-run", str(run)])["eval_loss"]
 
 
+def mfu(flops_per_token: float, tokens_per_s: float | None, peak_gflops: float) -> float | None:
+    """Model FLOP utilisation; None where there is no figure (a 1-step run has no steady-state speed)."""
+    return None if tokens_per_s is None else round(flops_per_token * tokens_per_s / 1e9 / peak_gflops, 4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="lora,qlora,full")
@@ -131,11 +136,11 @@ def main() -> None:
                 "useful_tokens_per_s": ours["useful_tokens_per_s"], "val_loss": round(ours["final_val_loss"], 4),
                 "val_loss_trl_eval": round(score_run(Path(tmp) / f"run-{method}"), 4),
                 "peak_rss_mb": ours["peak_rss_mb"], "dtype": ours["dtype"],
-                "mfu": round(flops_per_token * ours["useful_tokens_per_s"] / 1e9 / peak_ours, 4),
+                "mfu": mfu(flops_per_token, ours["useful_tokens_per_s"], peak_ours),
                 # the same without the run's first step, which also loads (or compiles) the compiled layers
                 "steady_useful_tokens_per_s": ours["steady_useful_tokens_per_s"],
                 "first_step_s": ours["first_step_s"],
-                "mfu_steady": round(flops_per_token * ours["steady_useful_tokens_per_s"] / 1e9 / peak_ours, 4),
+                "mfu_steady": mfu(flops_per_token, ours["steady_useful_tokens_per_s"], peak_ours),
             }}
             if not args.skip_baseline:
                 base = run_json([sys.executable, str(SHARED / "baseline_trl.py"), "--train", str(TRAIN), "--eval",
