@@ -274,7 +274,7 @@ def test_qlora_quantizes_to_4bit(tiny_model_dir: Path) -> None:
     assert config.bnb_4bit_compute_dtype == torch.bfloat16
     model, _ = prepared(tiny_model_dir, MethodConfig(name="qlora"))
     q_proj = model.get_base_model().model.layers[0].self_attn.q_proj
-    assert type(q_proj.base_layer).__name__ == "Linear4bit"
+    assert type(q_proj.base_layer).__name__ == "TrainableLinear4bit"  # methods/linear4bit.py
     stats = get_method("qlora").describe(model)
     # 4-bit weights count at their real parameter number, not their packed byte count
     base_params = sum(p.numel() for p in load(tiny_model_dir, MethodConfig()).parameters())
@@ -302,6 +302,55 @@ def test_qlora_gradients_survive_an_eval_pass(tiny_model_dir: Path) -> None:
     fresh, evaluated = grads(False), grads(True)
     for name, grad in fresh.items():
         torch.testing.assert_close(evaluated[name], grad, msg=name)
+
+
+def linear4bit(nested: bool, rows: int = 32, cols: int = 64) -> torch.nn.Module:
+    import bitsandbytes as bnb
+
+    weight = torch.randn(rows, cols, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    layer = bnb.nn.Linear4bit(cols, rows, bias=False, compute_dtype=torch.bfloat16, compress_statistics=nested)
+    layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", compress_statistics=nested)
+    layer = layer.to("cpu")  # quantizes
+    layer.support_avx512bf16_for_cpu = False  # bitsandbytes' own training path, as qlora.apply leaves it
+    return layer
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_trainable_4bit_layer_computes_what_bitsandbytes_does(nested: bool) -> None:
+    from tunekit.methods.linear4bit import TrainableLinear4bit, make_trainable
+
+    layer = linear4bit(nested)
+    x = torch.randn(3, 7, 64, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    weights = torch.randn(3, 7, 32, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(4))
+
+    def forward_backward() -> tuple[torch.Tensor, torch.Tensor]:
+        x.grad = None
+        out = layer(x)
+        (out * weights).sum().backward()
+        return out.detach(), x.grad
+
+    expected = forward_backward()  # bitsandbytes' MatMul4Bit
+    assert make_trainable(torch.nn.Sequential(layer)) == 1 and type(layer) is TrainableLinear4bit
+    got = forward_backward()
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_compiled_4bit_layer_is_cacheable() -> None:
+    """bitsandbytes' autograd.Function made AOTAutograd skip its cache, so every QLoRA run recompiled."""
+    from torch._dynamo.utils import counters
+
+    from tunekit.methods.linear4bit import make_trainable
+
+    layer = linear4bit(nested=True)
+    make_trainable(torch.nn.Sequential(layer))
+    torch._dynamo.reset()
+    counters.clear()
+    x = torch.randn(2, 5, 64, dtype=torch.bfloat16, requires_grad=True)
+    torch.compile(layer)(x).sum().backward()
+    cache = counters["aot_autograd"]
+    assert cache["autograd_cache_bypass"] == 0
+    assert cache["autograd_cache_miss"] + cache["autograd_cache_hit"] == 1
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("name", ["prefix", "prompt"])
