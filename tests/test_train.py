@@ -30,6 +30,7 @@ def test_lora_run_folder_is_complete_and_peft_loadable(tmp_path, tiny_model_dir)
     assert summary["steps"] == 8 and summary["useful_tokens_per_s"] > 0 and summary["peak_rss_mb"] > 0
     assert summary["steady_useful_tokens_per_s"] > 0 and 0 < summary["first_step_s"] < summary["train_s"]
     assert summary["final_val_loss"] is not None
+    assert summary["device"] == "cpu" and summary["peak_gpu_mb"] is None  # a figure only where CUDA ran
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["data"]["splits"]["train"]["sha256"] and len(manifest["chat_template_sha256"]) == 64
     assert manifest["libraries"]["torch"].startswith("2.13")

@@ -133,6 +133,13 @@ def peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
+def peak_gpu_mb() -> float | None:
+    """Peak memory torch's CUDA allocator handed out in this process (None where CUDA was not used)."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
 @functools.cache
 def _glibc() -> object | None:
     import ctypes

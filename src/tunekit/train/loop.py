@@ -88,11 +88,12 @@ class StepRunner:
         mine = group[self.acc.process_index :: self.acc.num_processes] or group[:1]
         micro = [collate([self.features[i] for i in idx], self.pad_id) for idx in mine]
         local_count = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-        global_count = int(self.acc.reduce(torch.tensor(local_count), reduction="sum"))
+        global_count = int(self.acc.reduce(torch.tensor(local_count, device=self.acc.device), reduction="sum"))
         # DDP averages gradients over processes; scale so the result is the mean over all tokens.
         scale = self.acc.num_processes / max(global_count, 1)
-        loss_total = torch.zeros(())
+        loss_total = torch.zeros((), device=self.acc.device)
         for k, batch in enumerate(micro):
+            batch = on_device(batch, self.acc.device)
             sync = k == len(micro) - 1
             context = self.acc.no_sync(self.wrapped) if not sync else _null()
             with context, self.autocast:
@@ -117,7 +118,8 @@ class StepRunner:
             self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
-        tokens = int(self.acc.reduce(torch.tensor(sum(int(b["attention_mask"].sum()) for b in micro)), "sum"))
+        tokens = sum(int(b["attention_mask"].sum()) for b in micro)
+        tokens = int(self.acc.reduce(torch.tensor(tokens, device=self.acc.device), "sum"))
         state.step += 1
         state.batch_in_epoch += self.per_step
         state.tokens += tokens
@@ -165,6 +167,11 @@ class _null:
         return None
 
 
+def on_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch where the model is (batches are built on the CPU; a no-op there)."""
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+
+
 @torch.no_grad()
 def validation_loss(acc: Any, wrapped: Any, features: list[Features], pad_id: int, autocast: Any,
                     batch_size: int) -> float | None:
@@ -175,9 +182,9 @@ def validation_loss(acc: Any, wrapped: Any, features: list[Features], pad_id: in
     wrapped.eval()
     order = sorted(range(len(features)), key=lambda i: len(features[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    total, count = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    total, count = torch.zeros((), device=acc.device), torch.zeros((), dtype=torch.long, device=acc.device)
     for idx in batches[acc.process_index :: acc.num_processes]:
-        batch = collate([features[i] for i in idx], pad_id)
+        batch = on_device(collate([features[i] for i in idx], pad_id), acc.device)
         with autocast:
             loss_sum, n = wrapped(batch["input_ids"], batch["attention_mask"], batch["labels"])
         total += loss_sum.float()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.config import ProjectConfig, dump_config
-from tunekit.devices import peak_rss_mb, tune_cpu
+from tunekit.devices import peak_gpu_mb, peak_rss_mb, tune_cpu
 from tunekit.io import atomic_dir, require_free_space, write_json_atomic, write_text_atomic
 from tunekit.train.checkpoint import (
     TrainState,
@@ -258,6 +258,7 @@ def summarize(run: RunSetup, result: dict[str, Any]) -> dict[str, Any]:
         "compiled": run.compiled,
         "device": run.device.device.type,
         "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": peak_gpu_mb(),
         "train_s": round(speed.train_seconds, 2),
         "wall_s": round(speed.elapsed, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
