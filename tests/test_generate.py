@@ -86,6 +86,26 @@ def test_greedy_fp32_equals_hf_generate_per_prompt(gen: Generator, model: Any, t
         assert 0 < out.ttft_s <= out.latency_s
 
 
+def test_models_that_call_the_cache_past_key_values_generate_the_same(model: Any, tokenizer: Any,
+                                                                        gen: Generator) -> None:
+    """transformers 5 releases before the `cache` rename (5.17 on the GPU machine) take `past_key_values` and
+    let a `cache` argument fall into **kwargs, building a cache of their own that the engine's mask misses."""
+    import copy
+
+    class OlderForward(type(model)):  # the older signature, on the same weights
+        def forward(self, input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
+                    past_key_values: Any = None, use_cache: Any = None, logits_to_keep: Any = 0, **kwargs: Any) -> Any:
+            kwargs.pop("cache", None)  # what the older forward did with it, in effect
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   cache=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep)
+
+    older = copy.deepcopy(model)
+    older.__class__ = OlderForward
+    params = GenerationParams(max_new_tokens=12)
+    got = Generator(older, tokenizer, dtype="fp32").generate(PROMPTS, params)
+    assert [o.text for o in got] == [o.text for o in gen.generate(PROMPTS, params)]
+
+
 def test_small_batches_refill_free_slots(model: Any, tokenizer: Any, gen: Generator) -> None:
     """Two rows at a time, rows ending at different steps (EOS): admission, merging and dropping rows."""
     eos = [tokenizer.eos_token_id, most_common_token(gen, 20)]

@@ -14,6 +14,8 @@ torch's CPU flash-attention kernel took half of a 32-row decode step (measured; 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +57,19 @@ def grouped_query_attention(
 
 
 ALL_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, grouped_query_attention)
+
+
+def cache_argument(model: Any, cache: Cache) -> dict[str, Cache]:
+    """The cache as the model's forward takes it: recent transformers 5 releases call the argument `cache`;
+    earlier ones call it `past_key_values` and silently drop a `cache` into **kwargs, building a cache of their
+    own whose keys then miss the slots the mask covers (found on a GPU machine with transformers 5.17)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel forwards kwargs
+    return {_cache_keyword(type(base)): cache}
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 class SlotCache(Cache):
@@ -145,7 +160,7 @@ class DecodeBatch:
         # per prefill chunk in bf16 here).
         last = torch.tensor([length - 1], device=device)
         out = model(input_ids=ids, attention_mask=additive_mask(allowed, shape.dtype), position_ids=positions,
-                    cache=cache, use_cache=True, logits_to_keep=last)
+                    use_cache=True, logits_to_keep=last, **cache_argument(model, cache))
         cache.length = length
         batch = cls(shape, cache, valid, positions[:, -1] + 1, rows)
         return batch, out.logits[:, -1, :]
@@ -157,7 +172,7 @@ class DecodeBatch:
         self.valid[:, self.length] = True
         mask = additive_mask(self.valid[:, None, None, :], self.shape.dtype)
         out = model(input_ids=self.next_tokens[:, None], attention_mask=mask, position_ids=self.positions[:, None],
-                    cache=self.cache, use_cache=True)
+                    use_cache=True, **cache_argument(model, self.cache))
         self.cache.length += 1
         self.positions += 1
         return out.logits[:, -1, :]
