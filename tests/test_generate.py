@@ -91,13 +91,17 @@ def test_models_that_call_the_cache_past_key_values_generate_the_same(model: Any
     """transformers 5 releases before the `cache` rename (5.17 on the GPU machine) take `past_key_values` and
     let a `cache` argument fall into **kwargs, building a cache of their own that the engine's mask misses."""
     import copy
+    import inspect
 
-    class OlderForward(type(model)):  # the older signature, on the same weights
+    parent = type(model)
+    name = "cache" if "cache" in inspect.signature(parent.forward).parameters else "past_key_values"
+
+    class OlderForward(parent):  # the older signature, on the same weights
         def forward(self, input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
                     past_key_values: Any = None, use_cache: Any = None, logits_to_keep: Any = 0, **kwargs: Any) -> Any:
             kwargs.pop("cache", None)  # what the older forward did with it, in effect
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   cache=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep)
+                                   use_cache=use_cache, logits_to_keep=logits_to_keep, **{name: past_key_values})
 
     older = copy.deepcopy(model)
     older.__class__ = OlderForward
