@@ -205,13 +205,15 @@ class CompactAdamW(torch.optim.Optimizer):
         compensation = state.get("compensation")
         compensation = compensation.view(-1) if compensation is not None else None
         beta1, beta2 = group["betas"]
+        # The count stays on the CPU (it seeds the rounding, as a Python int); the kernel wants it beside the weight.
+        step = state["step"].to(weight.device)
         for start in range(0, weight.numel(), CHUNK):
             part = slice(start, start + CHUNK)
             # An fp32 weight is updated in place; a bf16 one as an fp32 copy of weight + compensation.
             weight32 = weight[part] if compensation is None else exact_weight(weight[part], compensation[part])
             avg32, sq32 = exp_avg[part].float(), exp_avg_sq[part].float()
             torch._fused_adamw_(  # the kernel torch.optim.AdamW(fused=True) runs
-                [weight32], [grad[part].float()], [avg32], [sq32], [], [state["step"]],
+                [weight32], [grad[part].float()], [avg32], [sq32], [], [step],
                 lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
                 amsgrad=False, maximize=False,
             )
