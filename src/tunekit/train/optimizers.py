@@ -205,7 +205,7 @@ class CompactAdamW(torch.optim.Optimizer):
         compensation = state.get("compensation")
         compensation = compensation.view(-1) if compensation is not None else None
         beta1, beta2 = group["betas"]
-        # The count stays on the CPU (it seeds the rounding, as a Python int); the kernel wants it beside the weight.
+        # The count is made on the CPU (`_init_state`; it also seeds the rounding); the kernel wants it by the weight.
         step = state["step"].to(weight.device)
         for start in range(0, weight.numel(), CHUNK):
             part = slice(start, start + CHUNK)
