@@ -69,7 +69,7 @@ def supervised_loss_sum(
     rows = hidden[:, :-1][supervised]
     if count == 0:  # still a graph through every weight, so backward (and DDP) behave as usual
         return head(rows).sum() * 0.0, 0
-    return chunked_head_loss(head, rows, picked, head_loss or head_loss_sum), count
+    return chunked_head_loss(head, rows, picked, head_loss), count
 
 
 def chunked_head_loss(
