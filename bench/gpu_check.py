@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from generate_throughput import hf_reference, prompts_of, timed_generate  # noqa: E402
-from train_throughput import LORA, mfu  # noqa: E402
+from train_throughput import bench_overrides, mfu, write_splits  # noqa: E402
 
 RUNS = {  # name: (method, extra overrides); compiling last, as it may take longest on a cold cache
     "lora": ("lora", []),
@@ -45,13 +45,17 @@ def matmul_peak_gflops(device: str, size: int = 8192, reps: int = 10) -> float:
     import torch
 
     a, b = (torch.randn(size, size, device=device, dtype=torch.bfloat16) for _ in range(2))
+    def wait() -> None:  # CUDA runs asynchronously: time the products, not their launches
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize() if device == "cuda" else None
+    wait()
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
-    torch.cuda.synchronize() if device == "cuda" else None
+    wait()
     return round(2 * size**3 * reps / (time.perf_counter() - start) / 1e9, 1)
 
 
@@ -77,17 +81,8 @@ def train(model: Path, data: Path, work: Path, name: str, method: str, extra: li
     """`tunekit train` on the benchmark's rows, as bench/train_throughput.py runs it; the run's summary
     and its per-step losses."""
     run = work / f"run-{name}"
-    (run / "data").mkdir(parents=True, exist_ok=True)
-    for split, source in (("train", "synth_train.jsonl"), ("validation", "synth_eval.jsonl"),
-                          ("test", "synth_eval.jsonl")):
-        (run / "data" / f"{split}.jsonl").write_bytes((data / source).read_bytes())
-    overrides = [
-        f"run_dir={run}", f"model.name={model}", "model.max_seq_len=512", f"method.name={method}",
-        f"training.max_steps={steps}", "training.batch_size=4", "training.lr_scheduler=linear",
-        "training.warmup_ratio=0", f"training.eval_every={steps}",
-        f"training.learning_rate={2e-5 if method == 'full' else 2e-4}", "training.seed=42",
-        "data.too_long=truncate_right",
-    ] + (LORA if method in ("lora", "qlora") else []) + extra
+    write_splits(run, data / "synth_train.jsonl", data / "synth_eval.jsonl")
+    overrides = [*bench_overrides(run, method, steps), f"model.name={model}", *extra]
     config = work / "tunekit.yaml"
     config.write_text("project: gpu-check\n", encoding="utf-8")
     cmd = [sys.executable, "-m", "tunekit.cli.main", "train", str(config), *overrides]

@@ -46,19 +46,29 @@ def model_dir() -> Path:
     return resolve_model(EMBEDDED_DEFAULT).path
 
 
-def tunekit_run(method: str, steps: int, workdir: Path, extra: list[str]) -> dict:
-    """Train with the tunekit CLI on exactly the benchmark's rows (written as the prepared splits)."""
-    run = workdir / f"run-{method}"
+def write_splits(run: Path, train: Path, evaluation: Path) -> None:
+    """The benchmark's rows as the run's prepared splits (evaluation rows serve as validation and test)."""
     (run / "data").mkdir(parents=True, exist_ok=True)
-    (run / "data" / "train.jsonl").write_bytes(TRAIN.read_bytes())
-    (run / "data" / "validation.jsonl").write_bytes(EVAL.read_bytes())
-    (run / "data" / "test.jsonl").write_bytes(EVAL.read_bytes())
-    overrides = [
+    (run / "data" / "train.jsonl").write_bytes(train.read_bytes())
+    (run / "data" / "validation.jsonl").write_bytes(evaluation.read_bytes())
+    (run / "data" / "test.jsonl").write_bytes(evaluation.read_bytes())
+
+
+def bench_overrides(run: Path, method: str, steps: int) -> list[str]:
+    """The benchmark's training settings, as `key=value` overrides of `tunekit train`."""
+    return [
         f"run_dir={run}", "model.max_seq_len=512", f"method.name={method}", f"training.max_steps={steps}",
         "training.batch_size=4", "training.lr_scheduler=linear", "training.warmup_ratio=0",
         f"training.eval_every={steps}", f"training.learning_rate={2e-5 if method == 'full' else 2e-4}",
         "training.seed=42", "data.too_long=truncate_right",
-    ] + (LORA if method in ("lora", "qlora") else []) + extra
+    ] + (LORA if method in ("lora", "qlora") else [])
+
+
+def tunekit_run(method: str, steps: int, workdir: Path, extra: list[str]) -> dict:
+    """Train with the tunekit CLI on exactly the benchmark's rows (written as the prepared splits)."""
+    run = workdir / f"run-{method}"
+    write_splits(run, TRAIN, EVAL)
+    overrides = bench_overrides(run, method, steps) + extra
     exe = str(Path(sys.executable).with_name("tunekit"))
     config = workdir / "tunekit.yaml"
     config.write_text("project: bench\n", encoding="utf-8")
