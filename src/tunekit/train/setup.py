@@ -15,6 +15,7 @@ from tunekit.devices import DeviceInfo, attention_implementation, pick_device
 from tunekit.train.batches import Features, encode_all, read_split
 from tunekit.train.compile import compile_layers, decide_compile
 from tunekit.train.optimizers import resolve_optimizer, store_trained_weights_in
+from tunekit.train.recompute import keep_outputs_of, projection_shapes, resolve_keep
 
 if TYPE_CHECKING:
     from tunekit.models.resolve import ResolvedModel
@@ -40,6 +41,7 @@ class RunSetup:
     matmul_params: int  # every Linear of the base model, lm_head included: the FLOP count's basis
     compiled: bool  # decoder layers under torch.compile (training.compile)
     compile_reason: str  # why they are, or are not
+    kept_projections: list[str]  # outputs that checkpointed layers keep instead of recomputing
 
     @property
     def peft_model(self) -> Any:
@@ -96,6 +98,10 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
     check_optimizer(cfg)
     device = pick_device(cfg.training.dtype)
     compile_layers_too, compile_reason = decide_compile(cfg.training.compile, device, method)
+    checkpointing = cfg.training.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = method.supports_gradient_checkpointing
+    keep = checkpoint_keep(cfg, arch, bool(checkpointing), compile_layers_too)
     tokenizer = load_chat_tokenizer(resolved, cfg.model.trust_remote_code, say=say)
     data_dir = ensure_prepared(cfg, tokenizer, say)
     encode_opts = {
@@ -121,11 +127,14 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
         attn_implementation=attention_implementation(device, cfg.training.attention), **load_kwargs,
     )
     model.config.use_cache = False
-    checkpointing = cfg.training.gradient_checkpointing
-    if checkpointing is None:
-        checkpointing = method.supports_gradient_checkpointing
+    kept: list[str] = []
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        options: dict[str, Any] = {"use_reentrant": False}
+        if keep:
+            shapes = projection_shapes(model.get_submodule(arch.layer_prefix)[0], keep)
+            options["context_fn"] = keep_outputs_of(shapes)
+            kept = sorted({name for names in shapes.values() for name in names})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
     matmul_params = count_matmul_params(model)
     model = method.apply(model, cfg.method, arch)
     if compile_layers_too:
@@ -140,8 +149,22 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
     lr = cfg.training.learning_rate or DEFAULT_LR.get(method.name, 2e-4)
     return RunSetup(
         cfg, cfg.run_path(), device, method, arch, resolved.path, tokenizer, model, train, validation, lr,
-        optimizer, residuals, matmul_params, compile_layers_too, compile_reason,
+        optimizer, residuals, matmul_params, compile_layers_too, compile_reason, kept,
     )
+
+
+def checkpoint_keep(cfg: ProjectConfig, arch: Any, checkpointing: bool, compiled: bool) -> list[str]:
+    """training.checkpoint_keep, resolved and checked before the model loads."""
+    setting = cfg.training.checkpoint_keep
+    if not checkpointing:
+        if setting not in ("auto", []):
+            from tunekit.errors import ConfigError
+
+            raise ConfigError("checkpoint_keep needs gradient checkpointing", where="training.checkpoint_keep",
+                              fix="remove it, or set training.gradient_checkpointing=true")
+        return []
+    names = [n for n in arch.linear_names if n not in (arch.head_name, "lm_head")]
+    return resolve_keep(setting, names, compiled)
 
 
 def stored_weights(resolved: ResolvedModel, dtype: torch.dtype, load_kwargs: dict[str, Any]) -> Path:

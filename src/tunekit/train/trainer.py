@@ -53,6 +53,9 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None) -> dict[st
                 "them, ~20 s once per machine, cached afterwards (training.compile=false turns it off)")
         elif cfg.training.compile == "auto":
             say(f"decoder layers run eagerly: {run.compile_reason}")
+        if run.kept_projections:
+            say(f"gradient checkpointing keeps the outputs of {', '.join(run.kept_projections)} instead of "
+                "recomputing them (training.checkpoint_keep)")
     trainable = [p for p in run.model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, run.learning_rate, cfg.training.weight_decay, run.optimizer,
                                seed=cfg.training.seed, residuals=run.residuals)
@@ -256,6 +259,7 @@ def summarize(run: RunSetup, result: dict[str, Any]) -> dict[str, Any]:
         "dtype": run.device.dtype_name,
         "optimizer": run.optimizer,
         "compiled": run.compiled,
+        "checkpoint_kept": run.kept_projections,
         "device": run.device.device.type,
         "peak_rss_mb": peak_rss_mb(),
         "peak_gpu_mb": peak_gpu_mb(),
