@@ -38,6 +38,11 @@ class ModelArch:
     layer_types: list[str] = field(default_factory=list)  # e.g. full_attention / linear_attention
     model_dir: str = ""
 
+    @property
+    def projection_names(self) -> list[str]:
+        """Linear leaf names except the output head: what adapters and checkpoint policies may name."""
+        return [n for n in self.linear_names if n not in (self.head_name, "lm_head")]
+
 
 def inspect_architecture(model_dir: Path, trust_remote_code: bool = False) -> ModelArch:
     """Read the config and build the model on the meta device: module names and shapes, no weights."""
@@ -139,7 +144,7 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 def resolve_target_modules(opts: MethodConfig, arch: ModelArch) -> list[str]:
     """`all-linear` -> every Linear leaf name except the output head; a list -> checked against the model."""
     value = opts.target_modules
-    candidates = [n for n in arch.linear_names if n not in (arch.head_name, "lm_head")]
+    candidates = arch.projection_names
     if isinstance(value, str):
         if value == ALL_LINEAR:
             if not candidates:

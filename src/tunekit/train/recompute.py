@@ -45,23 +45,13 @@ def resolve_keep(setting: str | list[str], linear_names: list[str], compiled: bo
 def projection_shapes(layer: torch.nn.Module, names: Iterable[str]) -> dict[tuple[int, int], list[str]]:
     """(in_features, out_features) of each named projection in one decoder layer, with every projection of
     that layer that has the same shape (those cannot be told apart by the policy)."""
-    names = set(names)
-    by_shape: dict[tuple[int, int], list[str]] = {}
+    by_shape: dict[tuple[int, int], set[str]] = {}
     for path, module in layer.named_modules():
         leaf = path.rsplit(".", 1)[-1]
-        shape = _linear_shape(module)
-        if shape is not None and leaf not in ("base_layer",):
-            by_shape.setdefault(shape, [])
-            if leaf not in by_shape[shape]:
-                by_shape[shape].append(leaf)
-    return {shape: sorted(leaves) for shape, leaves in by_shape.items() if names & set(leaves)}
-
-
-def _linear_shape(module: torch.nn.Module) -> tuple[int, int] | None:
-    base = getattr(module, "base_layer", module)  # PEFT wraps the Linear it adapts
-    if isinstance(base, torch.nn.Linear) or type(base).__name__ == "Linear4bit":
-        return base.in_features, base.out_features
-    return None
+        base = getattr(module, "base_layer", module)  # PEFT's wrapper stands for the Linear it adapts
+        if isinstance(base, torch.nn.Linear) and leaf != "base_layer":  # bitsandbytes' 4-bit Linear too
+            by_shape.setdefault((base.in_features, base.out_features), set()).add(leaf)
+    return {shape: sorted(leaves) for shape, leaves in by_shape.items() if leaves & set(names)}
 
 
 def keep_outputs_of(shapes: Iterable[tuple[int, int]]) -> Callable[[], Any]:

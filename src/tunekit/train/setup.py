@@ -163,8 +163,7 @@ def checkpoint_keep(cfg: ProjectConfig, arch: Any, checkpointing: bool, compiled
             raise ConfigError("checkpoint_keep needs gradient checkpointing", where="training.checkpoint_keep",
                               fix="remove it, or set training.gradient_checkpointing=true")
         return []
-    names = [n for n in arch.linear_names if n not in (arch.head_name, "lm_head")]
-    return resolve_keep(setting, names, compiled)
+    return resolve_keep(setting, arch.projection_names, compiled)
 
 
 def stored_weights(resolved: ResolvedModel, dtype: torch.dtype, load_kwargs: dict[str, Any]) -> Path:
