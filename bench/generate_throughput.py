@@ -94,7 +94,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT / "src"))
     from tunekit.devices import tune_cpu
-    from tunekit.eval.generate import GenerationParams, Generator
+    from tunekit.generate import GenerationParams, Generator
     from tunekit.models.load import load_chat_tokenizer, load_model
     from tunekit.models.resolve import EMBEDDED_DEFAULT, resolve_model
     from tunekit.quiet import offline_and_quiet

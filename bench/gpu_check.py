@@ -123,7 +123,7 @@ def parity(model: Path, data: Path, work: Path, steps: int = 4) -> dict:
 
 
 def generation(model_dir: Path, data: Path, device: str, num_prompts: int = 32, new_tokens: int = 64) -> dict:
-    from tunekit.eval.generate import GenerationParams, Generator
+    from tunekit.generate import GenerationParams, Generator
     from tunekit.models.load import load_chat_tokenizer, load_model
     from tunekit.models.resolve import resolve_model
 

@@ -11,7 +11,7 @@ import pytest
 
 from train_helpers import make_project, tunekit
 from tunekit.eval.decision import apply_gates, decide
-from tunekit.eval.gates import parse_gate
+from tunekit.gates import parse_gate
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from tunekit.errors import UserError
-from tunekit.eval.generate import GenerationParams, Generator
 from tunekit.eval.latency import measure_latency, sample_rows
-from tunekit.eval.scheduler import BatchScheduler
+from tunekit.generate import BatchScheduler, GenerationParams, Generator
 
 PROMPTS = [[{"role": "user", "content": "hello world " * n}] for n in (1, 7, 23, 3, 40, 0)]
 

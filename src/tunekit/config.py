@@ -26,6 +26,16 @@ from tunekit.errors import ConfigError, UserError
 DATA_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "task", "label")
 
 
+
+# The vocabulary `data` is configured with. It lives here, one layer below `data`, so that the config
+# can check names without importing the readers and detectors that use them.
+MAPPABLE_FIELDS = (
+    "messages", "conversations", "system", "instruction", "input", "output", "prompt", "completion",
+    "text", "label",
+)  # fmt: skip
+PII_KINDS = ("email", "phone", "credit_card", "iban", "ip_address", "api_key")
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -78,8 +88,6 @@ class DataConfig(Section):
     @field_validator("columns")
     @classmethod
     def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
-        from tunekit.data.formats import MAPPABLE_FIELDS
-
         unknown = sorted(set(value) - set(MAPPABLE_FIELDS))
         if unknown:
             raise ValueError(f"unknown field(s) {unknown}; allowed: {', '.join(MAPPABLE_FIELDS)}")
@@ -88,8 +96,6 @@ class DataConfig(Section):
     @field_validator("pii_kinds")
     @classmethod
     def _known_pii(cls, value: list[str] | None) -> list[str] | None:
-        from tunekit.data.pii import PII_KINDS
-
         if value is not None and (bad := sorted(set(value) - set(PII_KINDS))):
             raise ValueError(f"unknown PII kind(s) {bad}; allowed: {', '.join(PII_KINDS)}")
         return value

@@ -77,7 +77,7 @@ class EvalConfig(Section):
     @field_validator("gates")
     @classmethod
     def _gates_parse(cls, value: list[str]) -> list[str]:
-        from tunekit.eval.gates import parse_gate
+        from tunekit.gates import parse_gate
 
         for text in value:
             parse_gate(text)  # raises ValueError naming the gate and the allowed operators

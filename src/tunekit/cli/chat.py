@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tunekit.cli.console import console
+from tunekit.console import console
 
 
 def chat(
@@ -17,7 +17,7 @@ def chat(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy"),
 ) -> None:
     """Talk to a fine-tuned run. Empty line or Ctrl-D ends."""
-    from tunekit.eval.generate import GenerationParams, Generator
+    from tunekit.generate import GenerationParams, Generator
     from tunekit.models.runs import load_run
 
     loaded = load_run(run)

@@ -10,8 +10,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from tunekit.cli.console import console, err_console
 from tunekit.config import DATA_FORMATS, ProjectConfig, load_config
+from tunekit.console import console, err_console
 from tunekit.data.problems import Problems
 
 app = typer.Typer(help="Check, prepare and preview training data.", no_args_is_help=True)

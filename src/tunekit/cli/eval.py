@@ -10,8 +10,8 @@ from pathlib import Path
 
 import typer
 
-from tunekit.cli.console import console, err_console
 from tunekit.config import load_config
+from tunekit.console import console, err_console
 
 VERDICT_STYLE = {"ship_finetune": "bold green", "use_prompting": "bold yellow", "use_rag": "bold yellow",
                  "nothing_meets": "bold red"}

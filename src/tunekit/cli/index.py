@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tunekit.cli.console import console, err_console
+from tunekit.console import console, err_console
 from tunekit.errors import UserError
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tunekit.cli.console import console
+from tunekit.console import console
 from tunekit.errors import UserError
 from tunekit.io import write_text_atomic
 

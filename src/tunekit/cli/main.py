@@ -11,12 +11,12 @@ import sys
 import typer
 
 from tunekit.cli import chat, data, init, merge, models, train
-from tunekit.cli.console import err_console
 from tunekit.cli.eval import eval_command
 from tunekit.cli.index import index as index_command
 from tunekit.cli.monitor import app as monitor_app
 from tunekit.cli.risk import risk
 from tunekit.cli.serve import serve as serve_command
+from tunekit.console import err_console
 from tunekit.errors import UserError
 from tunekit.quiet import offline_and_quiet
 

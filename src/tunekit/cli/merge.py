@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tunekit.cli.console import console
+from tunekit.console import console
 
 
 def merge(run: Path = typer.Argument(..., help="a finished training run folder")) -> None:

@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from tunekit.cli.console import console
+from tunekit.console import console
 
 app = typer.Typer(help="Models usable offline: the embedded default and the local cache.", no_args_is_help=True)
 

@@ -9,7 +9,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from tunekit.cli.console import console, err_console
+from tunekit.console import console, err_console
 from tunekit.errors import UserError
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tunekit.cli.console import console
+from tunekit.console import console
 from tunekit.errors import UserError
 
 # Where a run keeps the config it was made with: `tunekit train` writes the first, `data prepare` the second.

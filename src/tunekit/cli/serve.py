@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tunekit.cli.console import err_console
+from tunekit.console import err_console
 
 
 def serve(

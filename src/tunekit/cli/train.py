@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tunekit.cli.console import console, err_console
 from tunekit.config import load_config
+from tunekit.console import console, err_console
 from tunekit.errors import UserError
 
 

@@ -11,14 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tunekit.config import MAPPABLE_FIELDS
 from tunekit.data.problems import Problems
 from tunekit.data.readers import RawRow
 from tunekit.data.records import ROLES, Example
-
-MAPPABLE_FIELDS = (
-    "messages", "conversations", "system", "instruction", "input", "output", "prompt", "completion",
-    "text", "label",
-)  # fmt: skip
 
 # Fields that identify each format, checked in this order (most specific first).
 SIGNATURES: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -16,7 +16,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-PII_KINDS = ("email", "phone", "credit_card", "iban", "ip_address", "api_key")
+from tunekit.config import PII_KINDS
+
 # Ties (same start, same length) go to the earlier kind here.
 _PRIORITY = {k: i for i, k in enumerate(("api_key", "credit_card", "iban", "email", "ip_address", "phone"))}
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from tunekit.errors import UserError
 
 ROLES = ("system", "user", "assistant")
 
@@ -47,3 +51,18 @@ class Example:
         if self.meta:
             row["meta"] = self.meta
         return row
+
+
+def read_split(path: Path) -> list[Example]:
+    """A prepared split (JSONL written by `tunekit data prepare`) as Examples, with file:line provenance."""
+    if not path.exists():
+        raise UserError("split file does not exist", where=str(path), fix="run `tunekit data prepare` first")
+    examples = []
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            meta = row.get("meta", {})
+            examples.append(Example(row["messages"], str(path), line_no, row.get("label"), meta))
+    return examples

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunekit.eval.candidates import BASELINE_KINDS
-from tunekit.eval.gates import Gate
+from tunekit.gates import Gate
 
 VERDICTS = ("ship_finetune", "use_prompting", "use_rag", "nothing_meets")
 

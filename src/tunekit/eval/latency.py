@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from tunekit.eval.generate import Generation, GenerationParams, Generator
+from tunekit.generate import Generation, GenerationParams, Generator
 
 
 @dataclass
@@ -44,7 +44,7 @@ def sample_rows(total: int, samples: int, seed: int) -> list[int]:
 def measure_latency(generator: Generator, prompts: list[Any], params: GenerationParams, *, samples: int,
                     concurrency: int, seed: int) -> LatencyProbe:
     """Send a sample of `prompts` through a BatchScheduler, `concurrency` at a time; time each request."""
-    from tunekit.eval.scheduler import BatchScheduler
+    from tunekit.generate import BatchScheduler
 
     indices = sample_rows(len(prompts), samples, seed)
     with BatchScheduler(generator) as scheduler:

@@ -25,8 +25,8 @@ from tunekit.eval.candidates import (
     plan_candidates,
 )
 from tunekit.eval.decision import apply_gates, decide
-from tunekit.eval.gates import Gate, parse_gate
 from tunekit.eval.testset import TestSet, load_json_schema, load_test_set, load_train_examples, resolve_labels
+from tunekit.gates import Gate, parse_gate
 from tunekit.io import write_text_atomic
 
 MAX_DISAGREEMENTS = 20
@@ -141,8 +141,8 @@ def _skipped(spec: CandidateSpec) -> dict[str, Any]:
 
 
 def _evaluate(spec: CandidateSpec, plan: EvalPlan, say: Any) -> dict[str, Any]:
-    from tunekit.eval.generate import GenerationParams, Generator
     from tunekit.eval.latency import measure_latency
+    from tunekit.generate import GenerationParams, Generator
 
     cfg = plan.cfg
     prompts = build_prompts(spec, plan.test.prompts, cfg, plan.train)
@@ -222,7 +222,7 @@ def _system(cfg: ProjectConfig, name: str, generations: list[Any], wall: float, 
 
 def _safety(generator: Any, cfg: ProjectConfig) -> dict[str, float]:
     """Attack success rate on the red-team set, without and (when configured) with guardrails."""
-    from tunekit.eval.generate import GenerationParams
+    from tunekit.generate import GenerationParams
     from tunekit.guard import Guardrails
     from tunekit.guard.redteam import run_safety
 

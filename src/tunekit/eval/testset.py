@@ -13,11 +13,11 @@ from typing import Any
 
 from tunekit.config import ProjectConfig
 from tunekit.data import DATA_DIR
+from tunekit.data.answers import label_of_answer
 from tunekit.data.dedupe import normalize_for_match
-from tunekit.data.records import Example
+from tunekit.data.records import Example, read_split
 from tunekit.errors import ConfigError, UserError
 from tunekit.io import sha256_file
-from tunekit.train.batches import read_split
 
 
 @dataclass
@@ -58,13 +58,6 @@ def load_test_set(cfg: ProjectConfig) -> TestSet:
 def load_train_examples(cfg: ProjectConfig) -> list[Example]:
     path = split_path(cfg, "train")
     return read_split(path) if path.is_file() else []
-
-
-def label_of_answer(answer: str, label_field: str | None) -> str | None:
-    """The label in an answer (None when it has none), read exactly as the accuracy metrics read it."""
-    from tunekit.eval.metrics._labels import extract_label
-
-    return extract_label(answer, label_field) or None
 
 
 def resolve_labels(cfg: ProjectConfig, test: TestSet, train: list[Example]) -> list[str]:

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from tunekit.data.answers import is_refusal
 from tunekit.data.pii import find_pii
-from tunekit.eval.metrics.refusal_rate import is_refusal
 from tunekit.guard.input import message_texts
 from tunekit.guard.policies import Guardrails
 

@@ -102,9 +102,9 @@ class MonitorResult:
 def load_reference(path: Path, label_field: str | None = None) -> Reference:
     """Read a training split (`RUN/data/train.jsonl`, or any file `tunekit data check` reads)."""
     from tunekit.config import DataConfig
+    from tunekit.data.answers import label_of_answer
     from tunekit.data.load import load_examples
     from tunekit.data.stats import answers_are_labels, label_of
-    from tunekit.eval.testset import label_of_answer
 
     if not path.is_file():
         raise UserError("reference split does not exist", where=str(path),

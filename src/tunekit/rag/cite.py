@@ -45,7 +45,7 @@ def parse_citations(text: str, field: str | None = DEFAULT_FIELD) -> list[int]:
 
 def _field_numbers(text: str, field: str | None) -> list[int]:
     """`"sources": [1, "2", "[3]"]` (or a lone number) in the answer's JSON object."""
-    from tunekit.eval.metrics._json import find_json_object
+    from tunekit.data.answers import find_json_object
 
     if not field or "{" not in text:
         return []
@@ -65,7 +65,7 @@ def _field_numbers(text: str, field: str | None) -> list[int]:
 def without_citation_field(text: str, field: str | None = DEFAULT_FIELD) -> str:
     """The answer with the JSON citation field removed: what quality metrics score, since the
     reference answers (and a program reading them) do not have it. Other text comes back unchanged."""
-    from tunekit.eval.metrics._json import is_json, parse_json_output
+    from tunekit.data.answers import is_json, parse_json_output
 
     if not field or "{" not in text:
         return text

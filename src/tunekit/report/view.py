@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunekit.errors import UserError
-from tunekit.eval.gates import OPERATORS
+from tunekit.gates import OPERATORS
 
 VERDICTS = {
     "ship_finetune": "Ship the fine-tune",

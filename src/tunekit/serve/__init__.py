@@ -9,7 +9,7 @@
     state.close()
 
 One concern per module: `loading` (base model + adapters, refused when base or template differ),
-`engine` (the batched Generator), `preflight` (answers as `tunekit eval` recorded), `jobs` (request ->
+`backend` (the batched Generator), `preflight` (answers as `tunekit eval` recorded), `jobs` (request ->
 checked job), `pipeline` (guardrails, grounding, generation), `responses` (OpenAI shapes, SSE), `app`
 (routes), `middleware` (keys, rate limits, metrics, error log), `auth`, `limits`, `metrics`, `errors`,
 `schemas`, `state` (everything one server holds) and `server` (uvicorn, foreground or in a thread).

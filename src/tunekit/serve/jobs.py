@@ -31,7 +31,7 @@ class Job:
     deadline: float | None = None  # time.perf_counter() by which the answer must be done (serve.timeout_s)
 
     def params(self) -> Any:
-        from tunekit.eval.generate import GenerationParams
+        from tunekit.generate import GenerationParams
 
         return GenerationParams(max_new_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                                 stop=list(self.stop), seed=self.seed)

@@ -49,12 +49,12 @@ class Answer:
 
 
 class Pipeline:
-    def __init__(self, engine: Any, *, guard: Any = None, retriever: Any = None, grounding: Any = None,
+    def __init__(self, backend: Any, *, guard: Any = None, retriever: Any = None, grounding: Any = None,
                  max_input_tokens: int = 4096):
         """`grounding` (a rag.grounding.Grounding) says how answers cite when `retriever` is set."""
         from tunekit.rag.grounding import Grounding
 
-        self.engine = engine
+        self.backend = backend
         self.guard = guard if guard is not None and guard.enabled else None
         self.retriever = retriever
         self.grounding = grounding or Grounding("inline")
@@ -68,7 +68,7 @@ class Pipeline:
     def prepare(self, job: Job) -> Prepared:
         """Guard the input, ground it, render it and check its length: everything before generation."""
         turns = job.logged_messages()
-        user_tokens = self.engine.count_tokens(self._render(job, turns))
+        user_tokens = self.backend.count_tokens(self._render(job, turns))
         if user_tokens > self.max_input_tokens:
             raise ApiError(400, f"The input is {user_tokens} tokens, above this server's limit of "
                                 f"{self.max_input_tokens}.", param="messages" if job.messages else "prompt",
@@ -87,7 +87,7 @@ class Pipeline:
             retrieved = self.retriever.search(query_from_messages(turns))
             turns = self.grounding.messages(turns, retrieved)
         prompt = self._render(job, turns)
-        tokens = self.engine.count_tokens(prompt)
+        tokens = self.backend.count_tokens(prompt)
         self._check_context(tokens, job.max_tokens)
         return Prepared(job, prompt, tokens, turns if job.messages is not None else None, retrieved, events)
 
@@ -95,7 +95,7 @@ class Pipeline:
         if prepared.blocked:
             return self._blocked(prepared)
         job = prepared.job
-        generation = self.engine.generate(prepared.prompt, job.params(), job.adapter, deadline=job.deadline)
+        generation = self.backend.generate(prepared.prompt, job.params(), job.adapter, deadline=job.deadline)
         answer = Answer(generation.text, generation.finish_reason, prepared.prompt_tokens,
                         generation.completion_tokens, events=list(prepared.events),
                         grounded=self._grounded(prepared))
@@ -116,7 +116,7 @@ class Pipeline:
             answer = self.complete(prepared)
             emit(answer.text)
             return answer
-        submission = self.engine.stream(prepared.prompt, prepared.job.params(), prepared.job.adapter)
+        submission = self.backend.stream(prepared.prompt, prepared.job.params(), prepared.job.adapter)
         if submitted is not None:
             submitted(submission)
         try:
@@ -135,10 +135,10 @@ class Pipeline:
     def _render(self, job: Job, turns: list[dict[str, str]]) -> str:
         if job.messages is None:
             return turns[0]["content"]
-        return self.engine.render(turns)
+        return self.backend.render(turns)
 
     def _check_context(self, prompt_tokens: int, max_tokens: int) -> None:
-        limit = self.engine.context_length
+        limit = self.backend.context_length
         if limit and prompt_tokens + max_tokens > limit:
             raise ApiError(400, f"The prompt ({prompt_tokens} tokens, retrieved sources included) plus max_tokens "
                                 f"({max_tokens}) exceeds the model's context of {limit} tokens.",
@@ -155,7 +155,7 @@ class Pipeline:
             # JSON schema retry: show the model its answer and what was wrong with it (chat only).
             turns = [*(prepared.messages or []), {"role": "assistant", "content": answer.text},
                      {"role": "user", "content": feedback}]
-            again = self.engine.generate(self.engine.render(turns), job.params(), job.adapter, deadline=job.deadline)
+            again = self.backend.generate(self.backend.render(turns), job.params(), job.adapter, deadline=job.deadline)
             answer.completion_tokens += again.completion_tokens
             answer.text, answer.finish_reason = again.text, again.finish_reason
             return again.text

@@ -46,7 +46,7 @@ def eval_settings(run_dir: Path, cfg: Any) -> dict[str, Any]:
     return settings
 
 
-def run_preflight(engine: Any, runs: dict[str, tuple[Path, Any]], n: int, *, dtype_note: str = "",
+def run_preflight(backend: Any, runs: dict[str, tuple[Path, Any]], n: int, *, dtype_note: str = "",
                   say: Any = print) -> dict[str, PreflightResult]:
     """`runs`: served name -> (run folder, its config). Never raises: a failure is a result."""
     results = {}
@@ -55,22 +55,22 @@ def run_preflight(engine: Any, runs: dict[str, tuple[Path, Any]], n: int, *, dty
             results[name] = PreflightResult(name, "skipped", note="serve.preflight_prompts is 0")
             continue
         try:
-            results[name] = _check_run(engine, name, run_dir, cfg, n, dtype_note)
+            results[name] = _check_run(backend, name, run_dir, cfg, n, dtype_note)
         except Exception as exc:  # a broken adapter must be reported, not crash the report of the others
             results[name] = PreflightResult(name, "failed", note=f"{type(exc).__name__}: {exc}")
         _say(results[name], say)
     return results
 
 
-def _check_run(engine: Any, name: str, run_dir: Path, cfg: Any, n: int, dtype_note: str) -> PreflightResult:
-    from tunekit.eval.generate import GenerationParams
+def _check_run(backend: Any, name: str, run_dir: Path, cfg: Any, n: int, dtype_note: str) -> PreflightResult:
+    from tunekit.generate import GenerationParams
 
     settings = eval_settings(run_dir, cfg)
     params = GenerationParams(max_new_tokens=settings["max_new_tokens"])  # greedy, as eval generates
     rows = _recorded(run_dir / PREDICTIONS, n)
     if not rows:
-        return _answers_validation(engine, name, run_dir, n, params)
-    answers = engine.generate_batch([engine.render(row["messages"]) for row in rows], params, name)
+        return _answers_validation(backend, name, run_dir, n, params)
+    answers = backend.generate_batch([backend.render(row["messages"]) for row in rows], params, name)
     mismatches = [{"index": row.get("index"), "expected": row["prediction"], "got": answer.text}
                   for row, answer in zip(rows, answers) if answer.text != row["prediction"]]
     status = "mismatch" if mismatches else "match"
@@ -78,12 +78,12 @@ def _check_run(engine: Any, name: str, run_dir: Path, cfg: Any, n: int, dtype_no
     return PreflightResult(name, status, len(rows), note, mismatches)
 
 
-def _answers_validation(engine: Any, name: str, run_dir: Path, n: int, params: Any) -> PreflightResult:
+def _answers_validation(backend: Any, name: str, run_dir: Path, n: int, params: Any) -> PreflightResult:
     from tunekit.models.runs import validation_prompts
 
     prompts = validation_prompts(run_dir, n)
     if prompts:
-        engine.generate_batch([engine.render(messages) for messages in prompts], params, name)
+        backend.generate_batch([backend.render(messages) for messages in prompts], params, name)
     return PreflightResult(name, "answered", len(prompts),
                            f"no eval predictions in {run_dir / PREDICTIONS}: only checked that {len(prompts)} "
                            "validation prompt(s) are answered without error (run `tunekit eval` for the exact check)")

@@ -1,4 +1,4 @@
-"""Everything one server holds, built once at start: models, engine, guardrails, retriever, limits, log.
+"""Everything one server holds, built once at start: models, backend, guardrails, retriever, limits, log.
 
 `build_state` is the programmatic entry point (the CLI, tests and the demo all use it):
 
@@ -37,7 +37,7 @@ log = logging.getLogger("tunekit.serve")
 class ServerState:
     cfg: ProjectConfig
     served: ServedModels
-    engine: Any
+    backend: Any
     pipeline: Pipeline
     keys: ApiKeys
     limiter: RateLimiter
@@ -120,7 +120,7 @@ class ServerState:
         self._writer.submit(lambda: None).result()
 
     def close(self) -> None:
-        self.engine.close()
+        self.backend.close()
         if self._workers is not None:
             self._workers.shutdown(wait=True)
         self._writer.shutdown(wait=True)
@@ -148,12 +148,12 @@ def build_state(target: str, *, adapters: list[tuple[str, Path]] | tuple = (), n
     served = load_served(target, adapters, name=name, say=say)
     runs = {n: (run_dir, _run_cfg(served, n, cfg)) for n, run_dir in served.runs().items()}
     dtype, dtype_note = _choose_dtype(dtype, runs)
-    engine = _engine(served, dtype, cfg.serve.max_concurrency)
-    say(f"serving {', '.join(served.names)} in {engine.dtype_name}" + (f" ({dtype_note})" if dtype_note else ""))
-    pipeline = Pipeline(engine, guard=_guardrails(cfg, served.tokenizer), retriever=retriever,
+    backend = _backend(served, dtype, cfg.serve.max_concurrency)
+    say(f"serving {', '.join(served.names)} in {backend.dtype_name}" + (f" ({dtype_note})" if dtype_note else ""))
+    pipeline = Pipeline(backend, guard=_guardrails(cfg, served.tokenizer), retriever=retriever,
                         grounding=Grounding.from_config(cfg), max_input_tokens=cfg.serve.max_input_tokens)
-    preflight = run_preflight(engine, runs, cfg.serve.preflight_prompts, dtype_note=dtype_note, say=say)
-    return ServerState(cfg=cfg, served=served, engine=engine, pipeline=pipeline, keys=ApiKeys.from_config(cfg.serve),
+    preflight = run_preflight(backend, runs, cfg.serve.preflight_prompts, dtype_note=dtype_note, say=say)
+    return ServerState(cfg=cfg, served=served, backend=backend, pipeline=pipeline, keys=ApiKeys.from_config(cfg.serve),
                        limiter=RateLimiter(cfg.serve.rate_limit_per_minute), metrics=ServeMetrics(),
                        request_log=RequestLog(_log_path(cfg, served)), preflight=preflight,
                        labelers={n: _labeler(run_dir, c) for n, (run_dir, c) in runs.items()})
@@ -201,10 +201,10 @@ def _choose_dtype(requested: str, runs: dict[str, tuple[Path, ProjectConfig]]) -
     return "auto", ""  # nothing evaluated to match: the fastest dtype the hardware does natively
 
 
-def _engine(served: ServedModels, dtype: str, max_batch_size: int) -> Any:
-    from tunekit.serve.engine import Engine
+def _backend(served: ServedModels, dtype: str, max_batch_size: int) -> Any:
+    from tunekit.serve.backend import Backend
 
-    return Engine(served.model, served.tokenizer, dtype=dtype, max_batch_size=max_batch_size)
+    return Backend(served.model, served.tokenizer, dtype=dtype, max_batch_size=max_batch_size)
 
 
 def _guardrails(cfg: ProjectConfig, tokenizer: Any) -> Any:
@@ -237,15 +237,15 @@ def _log_path(cfg: ProjectConfig, served: ServedModels) -> Path:
 
 def _labeler(run_dir: Path, cfg: ProjectConfig) -> Callable[[str], str | None] | None:
     """For classification runs: the label in an answer, logged so the monitor can see label drift."""
-    from tunekit.eval.testset import label_of_answer
+    from tunekit.data.answers import label_of_answer
 
     if cfg.eval.label_field:
         return lambda text: label_of_answer(text, cfg.eval.label_field)
     train = run_dir / "data" / "train.jsonl"
     if not train.is_file():
         return None
+    from tunekit.data.records import read_split
     from tunekit.data.stats import answers_are_labels
-    from tunekit.train.batches import read_split
 
     if not answers_are_labels(read_split(train), cfg.data.label_set_max):
         return None

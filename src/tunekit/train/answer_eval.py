@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from tunekit.data.dedupe import normalize_for_match
-from tunekit.train.batches import read_split
+from tunekit.data.records import read_split
 
 
 def answer_accuracy(run: Any, cfg: Any) -> dict[str, float]:
-    from tunekit.eval.generate import GenerationParams, Generator
+    from tunekit.generate import GenerationParams, Generator
 
     examples = read_split(run.run_dir / "data" / "validation.jsonl")[: cfg.training.answer_eval_samples]
     if not examples:

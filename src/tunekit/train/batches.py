@@ -8,36 +8,19 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from tunekit.data.records import Example
 from tunekit.data.tokenize import IGNORE_INDEX, Truncation, encode
-from tunekit.errors import UserError
 
 # How many batches are sorted together: larger means less padding, smaller means more randomness.
 MEGABATCH = 32
 # Pad rows to a multiple of this: matmul kernels are faster on aligned shapes.
 PAD_MULTIPLE = 8
-
-
-def read_split(path: Path) -> list[Example]:
-    if not path.exists():
-        raise UserError("split file does not exist", where=str(path), fix="run `tunekit data prepare` first")
-    examples = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            meta = row.get("meta", {})
-            examples.append(Example(row["messages"], str(path), line_no, row.get("label"), meta))
-    return examples
 
 
 @dataclass

@@ -11,8 +11,9 @@ import torch
 
 from tunekit.config import ProjectConfig
 from tunekit.data import DATA_DIR
+from tunekit.data.records import read_split
 from tunekit.devices import DeviceInfo, attention_implementation, pick_device
-from tunekit.train.batches import Features, encode_all, read_split
+from tunekit.train.batches import Features, encode_all
 from tunekit.train.compile import compile_layers, decide_compile
 from tunekit.train.optimizers import resolve_optimizer, store_trained_weights_in
 from tunekit.train.recompute import keep_outputs_of, projection_shapes, resolve_keep

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from tunekit.cli.console import err_console
 from tunekit.config import load_config
+from tunekit.console import err_console
 from tunekit.errors import UserError
 
 

@@ -6,39 +6,13 @@ A prediction becomes a label of the label set or OTHER. Matching ignores case, s
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from functools import lru_cache
 
+from tunekit.data.answers import extract_label, label_collisions
 from tunekit.data.dedupe import normalize_for_match
-from tunekit.eval.metrics._json import find_json_object
 from tunekit.eval.metrics.base import MetricContext
 
 OTHER = "<other>"
-
-
-@lru_cache(maxsize=65536)  # the bootstrap recomputes on resampled lists: the same texts, many times
-def extract_label(text: str, label_field: str | None) -> str:
-    """The label an output (or reference) states: a JSON field when `label_field` is set, else the text."""
-    if label_field is None:
-        return normalize_for_match(text)
-    obj = find_json_object(text)
-    if obj is None or label_field not in obj:
-        return ""
-    value = obj[label_field]
-    return normalize_for_match(value if isinstance(value, str) else json.dumps(value))
-
-
-def label_collisions(labels: list[str]) -> list[str]:
-    """Labels that differ only in case/spacing/punctuation, which matching could not tell apart."""
-    seen: dict[str, str] = {}
-    clashes = []
-    for label in labels:
-        key = normalize_for_match(label)
-        if key in seen and seen[key] != label:
-            clashes.append(f"'{seen[key]}' and '{label}'")
-        seen.setdefault(key, label)
-    return clashes
 
 
 @dataclass

@@ -7,9 +7,9 @@ compared as parsed JSON, so key order and formatting do not count as differences
 
 from __future__ import annotations
 
+from tunekit.data.answers import is_json, json_equal, parse_json_output
 from tunekit.data.dedupe import normalize_for_match
 from tunekit.eval.metrics import register
-from tunekit.eval.metrics._json import is_json, json_equal, parse_json_output
 from tunekit.eval.metrics.base import Metric, MetricContext, MetricResult, check_lengths, mean_result
 
 

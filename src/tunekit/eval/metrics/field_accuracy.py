@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from tunekit.data.answers import json_equal, parse_json_output
 from tunekit.errors import UserError
 from tunekit.eval.metrics import register
-from tunekit.eval.metrics._json import json_equal, parse_json_output
 from tunekit.eval.metrics.base import Metric, MetricContext, MetricResult, check_lengths
 
 

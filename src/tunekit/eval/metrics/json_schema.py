@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from tunekit.data.answers import is_json, parse_json_output
 from tunekit.eval.metrics import register
-from tunekit.eval.metrics._json import is_json, parse_json_output
 from tunekit.eval.metrics.base import Metric, MetricContext, MetricResult, check_lengths, mean_result
 
 NOT_JSON = "not JSON"

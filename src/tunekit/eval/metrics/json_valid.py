@@ -5,8 +5,8 @@ Strict on purpose: "Here is the JSON: {...}" fails, because a program reading th
 
 from __future__ import annotations
 
+from tunekit.data.answers import is_json, parse_json_output
 from tunekit.eval.metrics import register
-from tunekit.eval.metrics._json import is_json, parse_json_output
 from tunekit.eval.metrics.base import Metric, MetricContext, MetricResult, check_lengths, mean_result
 
 

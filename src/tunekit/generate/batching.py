@@ -10,15 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from tunekit.eval.kv_batch import GROW_SLOTS, DecodeBatch, ModelShape
-from tunekit.eval.sampling import TextTracker, choose_tokens, request_rng
-
-if TYPE_CHECKING:
-    from tunekit.eval.generate import Generation, GenerationParams
+from tunekit.generate.kv_batch import GROW_SLOTS, DecodeBatch, ModelShape
+from tunekit.generate.sampling import TextTracker, choose_tokens, request_rng
+from tunekit.generate.types import Generation, GenerationParams
 
 # Padded tokens per prefill forward. Larger chunks cost padding and memory and buy little once the
 # matmuls are this big; smaller ones pay the per-forward Python overhead more often.
@@ -63,8 +61,6 @@ class Request:
         return False
 
     def finish(self, reason: str) -> bool:
-        from tunekit.eval.generate import Generation
-
         now = time.perf_counter()
         self.result = Generation(
             text=self.tracker.final_text(), prompt_tokens=len(self.prompt_ids),

@@ -8,7 +8,7 @@
 
 How it is fast: prompts are sorted by length and prefilled in chunks with little padding, all rows
 decode together against one KV cache, a row leaves the batch the step it finishes and waiting prompts
-take its slot (continuous batching, engine.py), and the weights are a copy in the inference dtype.
+take its slot (continuous batching, batching.py), and the weights are a copy in the inference dtype.
 `dtype="fp32"` gives the same greedy tokens as HF `generate` in fp32 (up to float rounding between
 batch shapes; see docs/benchmarks.md for the measured share).
 
@@ -22,37 +22,17 @@ closed). For requests from many threads decoded in one batch, use `BatchSchedule
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 from tunekit.devices import DTYPES, pick_device
 from tunekit.errors import UserError
-from tunekit.eval import model_prep
-from tunekit.eval.engine import BatchRunner, Limits, Request
-from tunekit.eval.hf_fallback import hf_generate
-from tunekit.eval.kv_batch import ATTENTION_NAME, ModelShape
-
-
-@dataclass
-class GenerationParams:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()  # stop strings, excluded from the returned text
-    seed: int | None = None  # per request: a seeded request gives the same text in any batch
-
-
-@dataclass
-class Generation:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int  # generated tokens, the EOS or stop-string token included
-    finish_reason: str  # "stop" (EOS or stop string) | "length"
-    latency_s: float  # submit -> last token, per request
-    ttft_s: float  # submit -> first token
+from tunekit.generate import model_prep
+from tunekit.generate.batching import BatchRunner, Limits, Request
+from tunekit.generate.hf_fallback import hf_generate
+from tunekit.generate.kv_batch import ATTENTION_NAME, ModelShape
+from tunekit.generate.types import Generation, GenerationParams, check_params
 
 
 class GenerationStream(Iterator[str]):
@@ -116,7 +96,7 @@ class Generator:
         """One Generation per prompt, in order. A str prompt is used as already rendered."""
         adapter = self.resolve_adapter(adapter)
         requests = [self.request(p, params, adapter) for p in prompts]
-        with self.engine(adapter) as fallback:
+        with self.decoding(adapter) as fallback:
             if fallback:
                 for request in requests:
                     hf_generate(self.model, self.tokenizer, request, self.eos_ids, self.pad_id)
@@ -136,7 +116,7 @@ class Generator:
 
     def _deltas(self, request: Request) -> Iterator[str]:
         sent = 0
-        with self.engine(request.adapter) as fallback:
+        with self.decoding(request.adapter) as fallback:
             if fallback:
                 hf_generate(self.model, self.tokenizer, request, self.eos_ids, self.pad_id)
             else:
@@ -192,18 +172,18 @@ class Generator:
             self.model.set_adapter(adapter, inference_mode=True)
 
     @contextlib.contextmanager
-    def engine(self, adapter: str | None) -> Iterator[bool]:
-        """Hold the lock, with the model in eval mode, `adapter` active and the engine's attention; yields
+    def decoding(self, adapter: str | None) -> Iterator[bool]:
+        """Hold the lock, with the model in eval mode, `adapter` active and the batched attention; yields
         whether this adapter must go through HF generate instead.
 
         Everything is restored afterwards, since without a dtype copy `self.model` is the caller's model."""
         with self._lock:
             fallback = self.uses_fallback(adapter)
-            with self._engine_mode(adapter, fallback):
+            with self._decoding_mode(adapter, fallback):
                 yield fallback
 
     @contextlib.contextmanager
-    def _engine_mode(self, adapter: str | None, fallback: bool) -> Iterator[None]:
+    def _decoding_mode(self, adapter: str | None, fallback: bool) -> Iterator[None]:
         saved = (self.model.training, self._config._attn_implementation, self.default_adapter
                  and self.model.active_adapter)
         self.model.eval()
@@ -216,22 +196,3 @@ class Generator:
             self._config._attn_implementation = saved[1]
             self._select_adapter(saved[2])
             self.model.train(saved[0])
-
-
-def check_params(params: GenerationParams) -> GenerationParams:
-    """`params` with `stop` as a tuple, or a UserError naming the bad field (values may come from API users)."""
-    problems = []
-    if not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 1:
-        problems.append(("max_new_tokens", params.max_new_tokens, "an integer >= 1"))
-    if not (isinstance(params.temperature, (int, float)) and math.isfinite(params.temperature)
-            and params.temperature >= 0):
-        problems.append(("temperature", params.temperature, "a number >= 0 (0 = greedy)"))
-    if not (isinstance(params.top_p, (int, float)) and 0 < params.top_p <= 1):
-        problems.append(("top_p", params.top_p, "a number in (0, 1]"))
-    stop = (params.stop,) if isinstance(params.stop, str) else tuple(params.stop or ())
-    if not all(isinstance(s, str) for s in stop):
-        problems.append(("stop", params.stop, "strings"))
-    if problems:
-        field, value, allowed = problems[0]
-        raise UserError(f"{field}={value!r} is not allowed", where=f"GenerationParams.{field}", fix=f"use {allowed}")
-    return replace(params, stop=stop)

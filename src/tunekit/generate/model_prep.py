@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from tunekit.devices import DeviceInfo
-from tunekit.eval.kv_batch import ModelShape
+from tunekit.generate.kv_batch import ModelShape
 
 # Architectures whose attention calls transformers' attention interface with the standard arguments and
 # no extras (soft-capping, sinks, sliding windows), so the engine's grouped-query attention is exact for them.

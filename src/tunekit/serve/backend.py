@@ -16,10 +16,9 @@ from tunekit.errors import UserError
 from tunekit.serve.errors import ApiError, timed_out
 
 
-class Engine:
+class Backend:
     def __init__(self, model: Any, tokenizer: Any, *, dtype: str = "auto", max_batch_size: int | None = None):
-        from tunekit.eval.generate import Generator
-        from tunekit.eval.scheduler import BatchScheduler
+        from tunekit.generate import BatchScheduler, Generator
 
         self.generator = Generator(model, tokenizer, dtype=dtype, max_batch_size=max_batch_size)
         self.scheduler = BatchScheduler(self.generator)

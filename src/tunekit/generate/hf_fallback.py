@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from tunekit.eval.engine import Request
+from tunekit.generate.batching import Request
 
 
 @torch.inference_mode()

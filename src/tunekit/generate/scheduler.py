@@ -1,4 +1,4 @@
-"""Requests from many threads decoded in one batch: a background thread runs the engine while callers
+"""Requests from many threads decoded in one batch: a background thread runs the batch runner while callers
 `submit` prompts and wait on a future or read a stream.
 
     scheduler = BatchScheduler(generator)
@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
 
-from tunekit.eval.engine import BatchRunner, Request
-from tunekit.eval.generate import Generation, GenerationParams, Generator
-from tunekit.eval.hf_fallback import hf_generate
+from tunekit.generate.batching import BatchRunner, Request
+from tunekit.generate.generator import Generator
+from tunekit.generate.hf_fallback import hf_generate
+from tunekit.generate.types import Generation, GenerationParams
 
 _END = object()
 
@@ -80,7 +81,7 @@ class Submission:
 
 
 class BatchScheduler:
-    """Decodes everything submitted to it on one background thread, through `generator`'s engine.
+    """Decodes everything submitted to it on one background thread, through `generator`'s batch runner.
 
     Shares the generator's lock, taken for each step, so direct `generate` calls still work meanwhile."""
 
@@ -130,7 +131,7 @@ class BatchScheduler:
             try:
                 self._take(arrived)
                 if self._runner.busy:
-                    with self.generator.engine(self._runner.next_adapter):
+                    with self.generator.decoding(self._runner.next_adapter):
                         self._runner.step()
             except Exception as error:  # a failed step fails its requests, not the server's thread
                 for submission in self._live:
@@ -142,12 +143,12 @@ class BatchScheduler:
             self._live = [s for s in self._live if not (s.request.done or s.request.cancelled)]
 
     def _take(self, arrived: list[Submission]) -> None:
-        """Queue new requests in the engine; the ones it cannot batch run to the end right away."""
+        """Queue new requests in the batch runner; the ones it cannot batch run to the end right away."""
         for submission in arrived:
             adapter = submission.request.adapter
             if self.generator.uses_fallback(adapter):
                 try:
-                    with self.generator.engine(adapter):
+                    with self.generator.decoding(adapter):
                         hf_generate(self.generator.model, self.generator.tokenizer, submission.request,
                                     self.generator.eos_ids, self.generator.pad_id)
                 except Exception as error:
