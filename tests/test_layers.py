@@ -21,8 +21,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("gates",),  # success criteria as text: `metric op threshold`
     ("config_stages",),  # the config's later-stage sections
     ("config",),  # the one typed config
-    ("data",),  # examples, their formats, splits and what an answer says
     ("results", "runfolder"),  # typed stage results; the run folder's paths and readers
+    ("data",),  # examples, their formats, splits and what an answer says
     ("models", "methods"),  # loading models; fine-tuning methods
     ("generate",),  # the batched generation engine
     ("rag", "guard"),  # retrieval; guardrails

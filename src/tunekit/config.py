@@ -200,6 +200,51 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return validate_config(raw, base_dir=base_dir, source=str(path) if path else "<overrides>")
 
 
+def load_saved_config(path: Path, *, say: Any = None) -> ProjectConfig:
+    """A config that tunekit wrote (RUN/config.yaml, RUN/data/config.yaml). Unlike a user's config, keys
+    this version does not know are not an error: another tunekit version wrote them. Each is named in a
+    warning and dropped; any other invalid value still fails."""
+    raw = _read_yaml(path)
+    try:
+        return validate_config(raw, base_dir=path.resolve().parent, source=str(path))
+    except ConfigError as error:
+        unknown = _unknown_keys(raw)
+        if not unknown:
+            raise
+        cause = error
+    warn = say or _warn_on_stderr
+    for loc in unknown:
+        warn(f"{path}: ignoring '{'.'.join(loc)}', a key this tunekit version does not know "
+             "(the run was written by another version)")
+        _drop_key(raw, loc)
+    try:
+        return validate_config(raw, base_dir=path.resolve().parent, source=str(path))
+    except ConfigError:
+        raise cause from None
+
+
+def _unknown_keys(raw: dict[str, Any]) -> list[tuple[str, ...]]:
+    try:
+        ProjectConfig.model_validate(raw)
+    except ValidationError as exc:
+        return [tuple(str(p) for p in err["loc"]) for err in exc.errors() if err["type"] == "extra_forbidden"]
+    return []
+
+
+def _drop_key(raw: dict[str, Any], loc: tuple[str, ...]) -> None:
+    node: Any = raw
+    for part in loc[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(loc[-1], None)
+
+
+def _warn_on_stderr(message: str) -> None:
+    from tunekit.console import err_console
+
+    err_console.print(f"[yellow]warning[/]: {message}", highlight=False)
+
+
 def validate_config(raw: dict[str, Any], *, base_dir: Path, source: str) -> ProjectConfig:
     try:
         cfg = ProjectConfig.model_validate(raw)
