@@ -8,6 +8,7 @@ import time
 import warnings
 from collections import Counter
 from concurrent.futures import CancelledError
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 
 from tunekit.errors import UserError
 from tunekit.eval.latency import measure_latency, sample_rows
-from tunekit.generate import BatchScheduler, GenerationParams, Generator
+from tunekit.generate import BatchScheduler, GenerationParams, Generator, check_params
 
 PROMPTS = [[{"role": "user", "content": "hello world " * n}] for n in (1, 7, 23, 3, 40, 0)]
 
@@ -328,6 +329,39 @@ def test_bad_params_are_user_errors(gen: Generator) -> None:
         Generator(gen.model, gen.tokenizer, dtype="int4")
     with pytest.raises(UserError, match="no adapters"):
         gen.generate(PROMPTS[:1], adapter="x")
+
+
+def test_hostile_sampling_values_are_normalised_not_fatal(gen: Generator) -> None:
+    # A seed past 64 bits overflowed torch's seeding, and temperature 1e-300 gave NaN probabilities: both
+    # inside a batch step, failing every request in the batch. Now they are reduced before a row is made.
+    huge, tiny = GenerationParams(max_new_tokens=8, temperature=1.0, seed=2**70), GenerationParams(
+        max_new_tokens=8, temperature=1e-300, seed=1)
+    assert check_params(huge).seed == 2**70 % 2**64 and check_params(tiny).temperature == 0.0
+    same_seed = GenerationParams(max_new_tokens=8, temperature=1.0, seed=2**70 % 2**64)
+    assert gen.generate(PROMPTS[:2], huge)[1].text == gen.generate(PROMPTS[:2], same_seed)[1].text
+    greedy = gen.generate(PROMPTS[:2], GenerationParams(max_new_tokens=8))
+    assert [o.text for o in gen.generate(PROMPTS[:2], tiny)] == [o.text for o in greedy]
+    for bad in (GenerationParams(seed="7"), GenerationParams(seed=True)):  # type: ignore[arg-type]
+        with pytest.raises(UserError, match="seed"):
+            gen.generate(PROMPTS[:1], bad)
+
+
+def test_a_row_that_fails_in_a_step_fails_alone(gen: Generator) -> None:
+    # Parameters that slipped past validation (here set after it, as a bug would) make one row's sampling
+    # raise; its batch neighbours decode on, token for token as they would alone.
+    params = GenerationParams(max_new_tokens=10)
+    expected = [o.text for o in gen.generate(PROMPTS[:3], params)]
+    requests = [gen.request(p, params, None) for p in PROMPTS[:3]]
+    requests[1].params = replace(requests[1].params, temperature=1e-300)
+    with gen.decoding(None):
+        runner = gen.runner()
+        runner.add(requests)
+        while runner.busy:
+            runner.step()
+    assert requests[1].error is not None and requests[1].result is None
+    assert [requests[0].result.text, requests[2].result.text] == [expected[0], expected[2]]
+    with BatchScheduler(gen) as scheduler:  # and the scheduler's thread carries on serving
+        assert scheduler.submit(PROMPTS[0], params).result(timeout=60).text == expected[0]
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "mistral"])

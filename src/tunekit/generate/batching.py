@@ -38,6 +38,7 @@ class Request:
     first_token_at: float | None = None
     completion_tokens: int = 0
     result: Generation | None = None
+    error: BaseException | None = None  # why this request alone failed (its batch went on without it)
     cancelled: bool = False  # set from any thread; the runner drops the row before its next step
 
     def __post_init__(self) -> None:
@@ -46,7 +47,14 @@ class Request:
 
     @property
     def done(self) -> bool:
-        return self.result is not None
+        return self.result is not None or self.error is not None
+
+    def fail(self, error: BaseException) -> bool:
+        """End this request with `error`; True, like `accept` when a request finishes."""
+        self.error = error
+        if self.on_finish is not None:
+            self.on_finish(self)
+        return True
 
     def accept(self, token: int, eos_ids: frozenset[int]) -> bool:
         """Take the next generated token; True when the request is finished."""
@@ -161,18 +169,24 @@ class BatchRunner:
             tokens += _budget(request)
         return chosen
 
-    def _prefill(self, chunk: list[Request]) -> DecodeBatch:
+    def _prefill(self, chunk: list[Request]) -> DecodeBatch | None:
+        """The chunk's rows after their first token; a failed prefill fails only this chunk's requests
+        (the running batch and the other chunks have their own caches and go on)."""
         prompts = [r.prompt_ids for r in chunk]
         reserve = min(max(r.params.max_new_tokens for r in chunk), GROW_SLOTS)
-        batch, logits = DecodeBatch.prefill(self.model, self.shape, prompts, chunk, self.pad_id, reserve)
+        try:
+            batch, logits = DecodeBatch.prefill(self.model, self.shape, prompts, chunk, self.pad_id, reserve)
+        except Exception as error:
+            for request in chunk:
+                request.fail(error)
+            return None
         self._take_tokens(batch, logits)
         return batch
 
     def _take_tokens(self, batch: DecodeBatch, logits: torch.Tensor) -> None:
-        settings = [(r.params.temperature, r.params.top_p, r.rng) for r in batch.rows]
-        tokens = choose_tokens(logits, settings)
+        tokens, errors = self._choose(batch.rows, logits)
         batch.next_tokens = tokens
-        finished = [r.accept(t, self.eos_ids) for r, t in zip(batch.rows, tokens.tolist())]
+        finished = [self._accept(r, t, e) for r, t, e in zip(batch.rows, tokens.tolist(), errors)]
         if any(finished):
             alive = [i for i, f in enumerate(finished) if not f]
             if alive:
@@ -181,6 +195,32 @@ class BatchRunner:
                 self.batch = None
             else:
                 batch.rows = []
+
+    @staticmethod
+    def _choose(rows: list[Request], logits: torch.Tensor) -> tuple[torch.Tensor, list[BaseException | None]]:
+        """The next token of every row. Should one row's sampling fail, the rows are sampled one by one so
+        that only the failing ones fail (their token is a placeholder: the row leaves the batch)."""
+        settings = [(r.params.temperature, r.params.top_p, r.rng) for r in rows]
+        try:
+            return choose_tokens(logits, settings), [None] * len(rows)
+        except Exception:
+            pass
+        tokens = logits.argmax(dim=-1)
+        errors: list[BaseException | None] = [None] * len(rows)
+        for i, setting in enumerate(settings):
+            try:
+                tokens[i] = choose_tokens(logits[i : i + 1], [setting])[0]
+            except Exception as error:
+                errors[i] = error
+        return tokens, errors
+
+    def _accept(self, request: Request, token: int, error: BaseException | None) -> bool:
+        if error is None:
+            try:
+                return request.accept(token, self.eos_ids)
+            except Exception as failure:  # e.g. the tokenizer cannot decode: this request's problem alone
+                error = failure
+        return request.fail(error)
 
     @staticmethod
     def _reserve(batches: list[DecodeBatch]) -> int:

@@ -105,6 +105,8 @@ class Generator:
                 runner.add(requests)
                 while runner.busy:
                     runner.step()
+        if failed := next((r.error for r in requests if r.error is not None), None):
+            raise failed
         return [r.result for r in requests]  # type: ignore[misc]
 
     def stream(self, prompt: list[dict] | str, params: GenerationParams = GenerationParams(),
@@ -128,6 +130,8 @@ class Generator:
                     if len(text) > sent:
                         yield text[sent:]
                         sent = len(text)
+        if request.error is not None:
+            raise request.error
         final = request.result.text  # type: ignore[union-attr]
         if len(final) > sent:
             yield final[sent:]

@@ -62,6 +62,9 @@ class Submission:
         """Called on the scheduler thread after each step: pass on new safe text, and the end."""
         if self.future.cancelled():
             return
+        if self.request.error is not None:
+            self.fail(self.request.error)
+            return
         if self._deltas is not None:
             text = self.request.result.text if self.request.done else self.request.tracker.safe_text()
             if len(text) > self._sent:

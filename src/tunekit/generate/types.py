@@ -8,6 +8,13 @@ from dataclasses import dataclass, replace
 
 from tunekit.errors import UserError
 
+# Below this a temperature is greedy, as in vLLM: dividing logits by 1e-300 gives inf - inf = NaN
+# probabilities, and any temperature this small already picks the arg-max in practice.
+GREEDY_BELOW = 1e-5
+# torch seeds its generators with 64 bits; larger seeds (a client may send 2**70) are reduced mod 2**64,
+# so every integer is a valid seed and equal seeds modulo 2**64 give the same text.
+SEED_BITS = 64
+
 
 @dataclass
 class GenerationParams:
@@ -29,7 +36,9 @@ class Generation:
 
 
 def check_params(params: GenerationParams) -> GenerationParams:
-    """`params` with `stop` as a tuple, or a UserError naming the bad field (values may come from API users)."""
+    """`params` normalised (stop as a tuple, a tiny temperature as greedy, the seed in 64 bits), or a
+    UserError naming the bad field. Values may come from API users: nothing that passes here may fail
+    inside a batch step, where it would cost the other rows their step."""
     problems = []
     if not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 1:
         problems.append(("max_new_tokens", params.max_new_tokens, "an integer >= 1"))
@@ -41,7 +50,12 @@ def check_params(params: GenerationParams) -> GenerationParams:
     stop = (params.stop,) if isinstance(params.stop, str) else tuple(params.stop or ())
     if not all(isinstance(s, str) for s in stop):
         problems.append(("stop", params.stop, "strings"))
+    seed = params.seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        problems.append(("seed", seed, "an integer"))
     if problems:
         field, value, allowed = problems[0]
         raise UserError(f"{field}={value!r} is not allowed", where=f"GenerationParams.{field}", fix=f"use {allowed}")
-    return replace(params, stop=stop)
+    temperature = 0.0 if params.temperature < GREEDY_BELOW else float(params.temperature)
+    return replace(params, stop=stop, temperature=temperature,
+                   seed=None if seed is None else seed % (1 << SEED_BITS))
