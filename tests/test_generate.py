@@ -200,17 +200,27 @@ def test_stream_never_shows_part_of_a_stop_string(gen: Generator) -> None:
     assert shown == final
 
 
-def test_two_lora_adapters_selected_by_name(tiny_model_dir: Path, tokenizer: Any) -> None:
-    from peft import LoraConfig, get_peft_model
+def two_adapters(tiny_model_dir: Path, config: Any) -> Any:
+    """A PeftModel with adapters 'first' and 'second' of the given config, randomly initialised."""
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     base = scrambled(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32))
-    lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
     torch.manual_seed(1)
-    peft = get_peft_model(base, lora, adapter_name="first")
+    peft = get_peft_model(base, config, adapter_name="first")
     torch.manual_seed(2)
-    peft.add_adapter("second", lora)
-    peft.eval()
+    peft.add_adapter("second", config)
+    return peft.eval()
+
+
+def lora_config() -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+
+
+def test_two_lora_adapters_selected_by_name(tiny_model_dir: Path, tokenizer: Any) -> None:
+    peft = two_adapters(tiny_model_dir, lora_config())
     gen = Generator(peft, tokenizer, dtype="fp32")
     params = GenerationParams(max_new_tokens=16)
     by_name = {name: [o.text for o in gen.generate(PROMPTS, params, adapter=name)] for name in ("first", "second")}
@@ -225,6 +235,47 @@ def test_two_lora_adapters_selected_by_name(tiny_model_dir: Path, tokenizer: Any
     assert peft.active_adapter == "first"  # the caller's model is left as it was
     with pytest.raises(UserError, match="no adapter named 'third'"):
         gen.generate(PROMPTS, params, adapter="third")
+
+
+def test_rows_of_different_lora_adapters_decode_in_one_batch(tiny_model_dir: Path, tokenizer: Any) -> None:
+    peft = two_adapters(tiny_model_dir, lora_config())
+    gen = Generator(peft, tokenizer, dtype="fp32")
+    params = GenerationParams(max_new_tokens=12)
+    alone = {name: [o.text for o in gen.generate(PROMPTS, params, adapter=name)] for name in ("first", "second")}
+    mixed_calls = []
+    hook = peft.register_forward_pre_hook(
+        lambda _m, _a, kwargs: mixed_calls.append(set(kwargs.get("adapter_names") or ())), with_kwargs=True)
+    try:
+        with BatchScheduler(gen) as scheduler:
+            names = ["first", "second"] * len(PROMPTS)
+            jobs = [scheduler.submit(PROMPTS[i // 2], params, adapter=name) for i, name in enumerate(names)]
+            texts = [job.result(timeout=60).text for job in jobs]
+    finally:
+        hook.remove()
+    assert texts[0::2] == alone["first"] and texts[1::2] == alone["second"]  # each row its own adapter's answer
+    assert {"first", "second"} in mixed_calls  # and they shared forward passes
+
+
+def test_adapters_that_cannot_mix_take_turns_first_come_first_served(tiny_model_dir: Path, tokenizer: Any) -> None:
+    # (IA)^3 rescales activations for the whole batch, so its adapters run one at a time. A request for the
+    # other adapter must not wait behind requests for the running one that arrived after it.
+    from peft import IA3Config
+
+    peft = two_adapters(tiny_model_dir, IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
+                                                  feedforward_modules=["down_proj"], init_ia3_weights=False))
+    gen = Generator(peft, tokenizer, dtype="fp32")
+    long, short = GenerationParams(max_new_tokens=40), GenerationParams(max_new_tokens=4)
+    with BatchScheduler(gen) as scheduler:
+        early = [scheduler.submit(p, long, adapter="first") for p in PROMPTS]
+        other = scheduler.submit(PROMPTS[0], short, adapter="second")
+        late = [scheduler.submit(p, long, adapter="first") for p in PROMPTS]
+        results = {id(job): job.result(timeout=120) for job in [*early, other, *late]}
+
+    def finished(job: Any) -> float:
+        return job.request.submitted + results[id(job)].latency_s
+
+    assert results[id(other)].text == gen.generate([PROMPTS[0]], short, adapter="second")[0].text
+    assert finished(other) < min(finished(job) for job in late)
 
 
 def test_prefix_tuning_falls_back_to_hf_generate(tiny_model_dir: Path, tokenizer: Any) -> None:

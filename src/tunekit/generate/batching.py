@@ -90,9 +90,10 @@ class BatchRunner:
     """Owns the running batch. Not thread-safe: one thread drives it (callers hold the Generator's lock)."""
 
     def __init__(self, model: Any, shape: ModelShape, limits: Limits, eos_ids: frozenset[int], pad_id: int,
-                 select_adapter: Callable[[str | None], None]):
+                 select_adapter: Callable[[str | None], None], *, mixes_adapters: bool = False):
         self.model, self.shape, self.limits = model, shape, limits
         self.eos_ids, self.pad_id, self.select_adapter = eos_ids, pad_id, select_adapter
+        self.mixes_adapters = mixes_adapters  # rows of different adapters may share a batch
         self.pending: list[Request] = []
         self.batch: DecodeBatch | None = None
         self.adapter: str | None = None
@@ -118,7 +119,7 @@ class BatchRunner:
         self._admit()
         if self.batch is None:
             return
-        logits = self.batch.step(self.model)
+        logits = self.batch.step(self.model, **self._adapter_kwargs(self.batch.rows))
         self._take_tokens(self.batch, logits)
 
     def _drop_cancelled(self) -> None:
@@ -136,7 +137,6 @@ class BatchRunner:
             return
         if self.batch is None:
             self.adapter = admitted[0].adapter
-            self.select_adapter(self.adapter)
         for request in admitted:
             self.pending.remove(request)
             sampled = request.params.temperature > 0
@@ -148,13 +148,11 @@ class BatchRunner:
     def _admissible(self) -> list[Request]:
         """Waiting requests that fit now, shortest prompts first (they finish prefill soonest).
 
-        Rows share one adapter, so while a batch runs only requests for its adapter join; otherwise
-        the oldest waiting request's adapter goes next. Admission waits until a quarter of the slots
-        are free (or everything waiting fits), so prefill forwards stay few and large."""
+        Admission waits until a quarter of the slots are free (or everything waiting fits), so prefill
+        forwards stay few and large. Which requests may join: see `_joinable`."""
         if not self.pending:
             return []
-        adapter = self.adapter if self.batch is not None else self.pending[0].adapter
-        candidates = sorted((r for r in self.pending if r.adapter == adapter), key=lambda r: len(r.prompt_ids))
+        candidates = sorted(self._joinable(), key=lambda r: len(r.prompt_ids))
         rows = len(self.batch) if self.batch is not None else 0
         free = self.limits.max_batch_size - rows
         if rows and free < min(len(candidates), max(1, self.limits.max_batch_size // 4)):
@@ -169,13 +167,35 @@ class BatchRunner:
             tokens += _budget(request)
         return chosen
 
+    def _joinable(self) -> list[Request]:
+        """Every waiting request when adapters mix in one batch. Otherwise rows share one adapter: while a
+        batch runs, only requests for its adapter that arrived before the oldest request for another
+        adapter join, so steady traffic on one adapter cannot hold another back (first come, first
+        served between adapters); an idle runner starts with the oldest request's adapter."""
+        if self.mixes_adapters:
+            return list(self.pending)
+        adapter = self.adapter if self.batch is not None else self.pending[0].adapter
+        others = [r.submitted for r in self.pending if r.adapter != adapter]
+        cutoff = min(others) if others and self.batch is not None else float("inf")
+        return [r for r in self.pending if r.adapter == adapter and r.submitted <= cutoff]
+
+    def _adapter_kwargs(self, rows: list[Request]) -> dict[str, Any]:
+        """Forward arguments for these rows: none when they share an adapter (it is made the active one,
+        the single-adapter fast path), else each row's adapter name for PEFT's mixed-batch forward."""
+        adapters = {r.adapter for r in rows}
+        if len(adapters) == 1:
+            self.select_adapter(adapters.pop())
+            return {}
+        return {"adapter_names": [r.adapter for r in rows]}
+
     def _prefill(self, chunk: list[Request]) -> DecodeBatch | None:
         """The chunk's rows after their first token; a failed prefill fails only this chunk's requests
         (the running batch and the other chunks have their own caches and go on)."""
         prompts = [r.prompt_ids for r in chunk]
         reserve = min(max(r.params.max_new_tokens for r in chunk), GROW_SLOTS)
         try:
-            batch, logits = DecodeBatch.prefill(self.model, self.shape, prompts, chunk, self.pad_id, reserve)
+            batch, logits = DecodeBatch.prefill(self.model, self.shape, prompts, chunk, self.pad_id, reserve,
+                                                **self._adapter_kwargs(chunk))
         except Exception as error:
             for request in chunk:
                 request.fail(error)

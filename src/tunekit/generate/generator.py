@@ -150,7 +150,8 @@ class Generator:
         return Request(list(ids), params, adapter, self._decode)
 
     def runner(self) -> BatchRunner:
-        return BatchRunner(self.model, self.shape, self.limits, self.eos_ids, self.pad_id, self._select_adapter)
+        return BatchRunner(self.model, self.shape, self.limits, self.eos_ids, self.pad_id, self._select_adapter,
+                           mixes_adapters=model_prep.mixes_adapters(self.model))
 
     def uses_fallback(self, adapter: str | None) -> bool:
         return model_prep.fallback_reason(self.model, adapter) is not None

@@ -139,9 +139,9 @@ class DecodeBatch:
 
     @classmethod
     def prefill(cls, model: Any, shape: ModelShape, prompts: Sequence[list[int]], rows: list[Any], pad_id: int,
-                reserve: int) -> tuple[DecodeBatch, torch.Tensor]:
+                reserve: int, **forward: Any) -> tuple[DecodeBatch, torch.Tensor]:
         """Run the prompts (left-padded to the longest) through the model; returns the batch and the
-        last position's logits, [rows, vocab]."""
+        last position's logits, [rows, vocab]. `forward`: extra model arguments (per-row adapter names)."""
         length = max(len(p) for p in prompts)
         device = shape.device
         ids = torch.full((len(prompts), length), pad_id, dtype=torch.long, device=device)
@@ -160,19 +160,19 @@ class DecodeBatch:
         # per prefill chunk in bf16 here).
         last = torch.tensor([length - 1], device=device)
         out = model(input_ids=ids, attention_mask=additive_mask(allowed, shape.dtype), position_ids=positions,
-                    use_cache=True, logits_to_keep=last, **cache_argument(model, cache))
+                    use_cache=True, logits_to_keep=last, **cache_argument(model, cache), **forward)
         cache.length = length
         batch = cls(shape, cache, valid, positions[:, -1] + 1, rows)
         return batch, out.logits[:, -1, :]
 
-    def step(self, model: Any) -> torch.Tensor:
+    def step(self, model: Any, **forward: Any) -> torch.Tensor:
         """Feed every row's next token; returns the logits for the token after it, [rows, vocab]."""
         if self.length >= self.cache.capacity:
             self._grow(GROW_SLOTS)
         self.valid[:, self.length] = True
         mask = additive_mask(self.valid[:, None, None, :], self.shape.dtype)
         out = model(input_ids=self.next_tokens[:, None], attention_mask=mask, position_ids=self.positions[:, None],
-                    use_cache=True, **cache_argument(model, self.cache))
+                    use_cache=True, **cache_argument(model, self.cache), **forward)
         self.cache.length += 1
         self.positions += 1
         return out.logits[:, -1, :]

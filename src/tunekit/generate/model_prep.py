@@ -52,6 +52,14 @@ def fallback_reason(model: Any, adapter: str | None) -> str | None:
     return None
 
 
+def mixes_adapters(model: Any) -> bool:
+    """Whether rows of different adapters can decode in one batch: PEFT's LoRA layers (DoRA and QLoRA
+    included) take a per-row `adapter_names` and add each row's own low-rank update to the shared base
+    output (the approach of S-LoRA and vLLM's multi-LoRA batching). Other adapter kinds rescale or
+    replace weights for the whole batch, so their rows run one adapter at a time."""
+    return is_peft(model) and all(str(c.peft_type).rsplit(".", 1)[-1] == "LORA" for c in model.peft_config.values())
+
+
 def is_quantized(model: Any) -> bool:
     return bool(getattr(base_model(model), "is_quantized", False))
 
