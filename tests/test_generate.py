@@ -258,24 +258,32 @@ def test_rows_of_different_lora_adapters_decode_in_one_batch(tiny_model_dir: Pat
 
 def test_adapters_that_cannot_mix_take_turns_first_come_first_served(tiny_model_dir: Path, tokenizer: Any) -> None:
     # (IA)^3 rescales activations for the whole batch, so its adapters run one at a time. A request for the
-    # other adapter must not wait behind requests for the running one that arrived after it.
+    # other adapter must not wait behind requests for the running one that arrived after it, whether they
+    # arrive while a batch runs or all at once.
     from peft import IA3Config
 
     peft = two_adapters(tiny_model_dir, IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
                                                   feedforward_modules=["down_proj"], init_ia3_weights=False))
     gen = Generator(peft, tokenizer, dtype="fp32")
     long, short = GenerationParams(max_new_tokens=40), GenerationParams(max_new_tokens=4)
-    with BatchScheduler(gen) as scheduler:
-        early = [scheduler.submit(p, long, adapter="first") for p in PROMPTS]
-        other = scheduler.submit(PROMPTS[0], short, adapter="second")
-        late = [scheduler.submit(p, long, adapter="first") for p in PROMPTS]
-        results = {id(job): job.result(timeout=120) for job in [*early, other, *late]}
-
-    def finished(job: Any) -> float:
-        return job.request.submitted + results[id(job)].latency_s
-
-    assert results[id(other)].text == gen.generate([PROMPTS[0]], short, adapter="second")[0].text
-    assert finished(other) < min(finished(job) for job in late)
+    for steps_before_the_rest in (0, 1):
+        finish_order: list[str] = []
+        early = [gen.request(p, long, "first") for p in PROMPTS]
+        other = gen.request(PROMPTS[0], short, "second")
+        late = [gen.request(p, long, "first") for p in PROMPTS]
+        for name, requests in (("early", early), ("other", [other]), ("late", late)):
+            for request in requests:
+                request.on_finish = lambda _r, name=name, order=finish_order: order.append(name)
+        with gen.decoding(None):
+            runner = gen.runner()
+            runner.add(early)
+            for _ in range(steps_before_the_rest):
+                runner.step()
+            runner.add([other, *late])
+            while runner.busy:
+                runner.step()
+        assert finish_order.index("other") < finish_order.index("late"), steps_before_the_rest
+        assert other.result.text == gen.generate([PROMPTS[0]], short, adapter="second")[0].text
 
 
 def test_prefix_tuning_falls_back_to_hf_generate(tiny_model_dir: Path, tokenizer: Any) -> None:

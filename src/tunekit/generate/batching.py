@@ -176,7 +176,7 @@ class BatchRunner:
             return list(self.pending)
         adapter = self.adapter if self.batch is not None else self.pending[0].adapter
         others = [r.submitted for r in self.pending if r.adapter != adapter]
-        cutoff = min(others) if others and self.batch is not None else float("inf")
+        cutoff = min(others, default=float("inf"))
         return [r for r in self.pending if r.adapter == adapter and r.submitted <= cutoff]
 
     def _adapter_kwargs(self, rows: list[Request]) -> dict[str, Any]:
