@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from train_helpers import make_project, tunekit
-from tunekit.eval.decision import apply_gates, decide
+from tunekit.eval.decision import decide, gate_outcomes
 from tunekit.gates import parse_gate
+from tunekit.results import CandidateResult, Comparison, Decision
+from tunekit.runfolder import EvalFolder
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +30,17 @@ def _eval(config: Path, *overrides: str):
     return tunekit("eval", str(config), *overrides)
 
 
-def test_eval_writes_report_predictions_and_decision(trained):
+def test_eval_writes_report_predictions_and_decision(trained, tmp_path):
     proc = _eval(trained, 'eval.gates=["exact_match >= 0.0", "latency_p95_ms <= 600000"]')
     assert proc.returncode == 0, proc.stderr
     out = trained.parent / "run" / "eval"
     result = json.loads((out / "eval.json").read_text())
+    typed = EvalFolder(out).result()  # what every later stage reads: the file round-trips exactly
+    typed.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_bytes() == (out / "eval.json").read_bytes()
+    assert typed.higher_is_better["exact_match"] and not typed.higher_is_better["latency_p95_ms"]
+    assert (typed.disagreements.finetune, typed.disagreements.baseline) in {("finetuned", "zero_shot"),
+                                                                            ("finetuned", "few_shot")}
     names = [c["name"] for c in result["candidates"]]
     assert names == ["zero_shot", "few_shot", "finetuned"]
     # Every gate passes for the zero-shot baseline, so fine-tuning is not needed: the cheapest wins.
@@ -138,33 +146,42 @@ def test_changed_template_is_an_error_and_changed_test_split_a_warning(trained, 
 
 
 def _candidate(name: str, kind: str, accuracy: float) -> dict:
-    return {"name": name, "kind": kind, "status": "ok", "metrics": {"accuracy": accuracy, "latency_p95_ms": 100.0}}
+    return {"name": name, "kind": kind, "accuracy": accuracy}
 
 
-def _decide(gates: list[str], *candidates: dict, comparisons: list | None = None) -> dict:
+def _decide(gates: list[str], *candidates: dict, comparisons: list | None = None) -> Decision:
     parsed = [parse_gate(g) for g in gates]
+    ran = []
     for c in candidates:
-        apply_gates(c, parsed)
-    return decide(list(candidates), parsed, comparisons or [], "accuracy", True)
+        metrics = {"accuracy": c["accuracy"], "latency_p95_ms": 100.0}
+        ran.append(CandidateResult(name=c["name"], kind=c["kind"], model="m", status="ok", metrics=metrics,
+                                   gate_results=gate_outcomes(parsed, metrics)))
+    compared = [Comparison(**{"confidence": 0.95, "samples": 1000, "higher_is_better": True, **c})
+                for c in comparisons or []]
+    return decide(ran, parsed, compared, "accuracy", True)
 
 
 def test_decision_prefers_the_cheapest_candidate_that_meets_every_gate():
     cands = (_candidate("zero_shot", "zero_shot", 0.5), _candidate("few_shot", "few_shot", 0.9),
              _candidate("finetuned", "finetuned", 0.95))
     decision = _decide(["accuracy >= 0.85"], *cands)
-    assert (decision["verdict"], decision["candidate"]) == ("use_prompting", "few_shot")
+    assert (decision.verdict, decision.candidate) == ("use_prompting", "few_shot")
     decision = _decide(["accuracy >= 0.92"], *cands, comparisons=[
         {"a": "finetuned", "b": "few_shot", "metric": "accuracy", "diff": 0.05, "low": 0.01, "high": 0.09}])
-    assert (decision["verdict"], decision["candidate"]) == ("ship_finetune", "finetuned")
-    assert "+0.050" in decision["headline"]
+    assert (decision.verdict, decision.candidate) == ("ship_finetune", "finetuned")
+    assert "+0.050" in decision.headline
     rag = _candidate("rag", "rag", 0.93)
-    assert _decide(["accuracy >= 0.92"], cands[0], rag, cands[2])["verdict"] == "use_rag"
+    assert _decide(["accuracy >= 0.92"], cands[0], rag, cands[2]).verdict == "use_rag"
 
 
 def test_decision_without_gates_needs_a_confident_win():
     cands = (_candidate("zero_shot", "zero_shot", 0.5), _candidate("finetuned", "finetuned", 0.6))
     unsure = [{"a": "finetuned", "b": "zero_shot", "metric": "accuracy", "diff": 0.1, "low": -0.02, "high": 0.2,
                "higher_is_better": True}]
-    assert _decide([], *cands, comparisons=unsure)["verdict"] == "use_prompting"
+    assert _decide([], *cands, comparisons=unsure).verdict == "use_prompting"
     sure = [{**unsure[0], "low": 0.03}]
-    assert _decide([], *cands, comparisons=sure)["verdict"] == "ship_finetune"
+    assert _decide([], *cands, comparisons=sure).verdict == "ship_finetune"
+    # For a lower-is-better metric the interval must lie below zero instead.
+    lower = [{**unsure[0], "diff": -0.1, "low": -0.2, "high": -0.03, "higher_is_better": False}]
+    assert _decide([], *cands, comparisons=lower).verdict == "ship_finetune"
+    assert _decide([], *cands, comparisons=[{**lower[0], "high": 0.01}]).verdict == "use_prompting"

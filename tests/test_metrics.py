@@ -391,8 +391,10 @@ def test_system_metrics_hand_computed():
         system_metrics([0.1], [0.1], [1, 2], [1], 1.0)
 
 
-def test_higher_is_better_covers_system_and_quality_metrics():
+def test_higher_is_better_covers_system_safety_and_quality_metrics():
     assert not higher_is_better("latency_p95_ms") and not higher_is_better("cost_per_1k")
+    # eval records a direction for everything it measured, safety included (eval.safety: true)
+    assert not higher_is_better("attack_success_rate") and not higher_is_better("attack_success_rate_guarded")
     assert higher_is_better("tokens_per_s") and higher_is_better("requests_per_s")
     assert higher_is_better("accuracy") and not higher_is_better("refusal_rate")
     with pytest.raises(UserError, match="allowed: "):

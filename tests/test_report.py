@@ -1,10 +1,8 @@
-"""The evaluation report: report.md, a self-contained report.html, eval.json and plots/, from an eval result."""
+"""The evaluation report: report.md, a self-contained report.html and plots/, from a typed eval result."""
 
 from __future__ import annotations
 
 import base64
-import copy
-import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,27 +11,29 @@ from typing import Any
 import pytest
 
 import tunekit.report.writer
-from tunekit.errors import UserError
+from result_helpers import fixture_dict, sample_result
+from tunekit.eval.decision import gate_outcomes
+from tunekit.gates import parse_gate
 from tunekit.report import write_report
+from tunekit.results import EvalResult
+from tunekit.runfolder import EvalFolder
 
-FIXTURE = Path(__file__).parent / "data" / "eval_result.json"
 SCRIPT = '<script>alert("pwned")</script>'
-
-
-def load_fixture() -> dict[str, Any]:
-    return json.loads(FIXTURE.read_text(encoding="utf-8"))
+CHANGED_SPLIT = "the test split differs from the one the previous report used (000000000000... -> b48c278bec2b...)"
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The fixture result with hostile user text and a changed test split, written once for the module."""
-    result = load_fixture()
-    result["disagreements"][0]["input"] += f" {SCRIPT} & <b>bold</b>"
-    result["previous_test_sha256"] = "0" * 64
+    raw = fixture_dict()
+    raw["disagreements"]["rows"][0]["input"] += f" {SCRIPT} & <b>bold</b>"
+    raw["previous_test_sha256"] = "0" * 64
+    raw["warnings"].append(CHANGED_SPLIT)
+    result = EvalResult.model_validate(raw)
     out = tmp_path_factory.mktemp("report")
-    paths = write_report(result, out)
+    paths = write_report(result, EvalFolder(out))
     return {
-        "result": result,
+        "result": raw,
         "out": out,
         "paths": paths,
         "md": (out / "report.md").read_text(encoding="utf-8"),
@@ -89,7 +89,7 @@ def _md_cells(line: str) -> list[str]:
 
 def test_writes_every_file_and_returns_their_paths(report: dict[str, Any]) -> None:
     out, paths = report["out"], report["paths"]
-    assert {"report.md", "report.html", "eval.json"} <= set(paths)
+    assert {"report.md", "report.html"} <= set(paths)
     assert all(path.is_file() and path.stat().st_size > 0 for path in paths.values())
     pngs = sorted(p.name for p in (out / "plots").iterdir())
     assert sorted(k.removeprefix("plots/") for k in paths if k.startswith("plots/")) == pngs
@@ -98,7 +98,7 @@ def test_writes_every_file_and_returns_their_paths(report: dict[str, Any]) -> No
         [f"metric_{m}.png" for m in ("accuracy", "macro_f1", "exact_match", "latency_p95_ms")]
         + ["latency.png", "confusion_finetuned.png", "confusion_few_shot.png"]
     )
-    assert json.loads((out / "eval.json").read_text(encoding="utf-8")) == report["result"]
+    assert not (out / "eval.json").exists()  # eval writes the result; the report only renders it
 
 
 def test_markdown_opens_with_the_decision_then_warnings_then_the_table(report: dict[str, Any]) -> None:
@@ -118,7 +118,7 @@ def test_markdown_opens_with_the_decision_then_warnings_then_the_table(report: d
     ]
     positions = [md.index(heading) for heading in order]
     assert positions == sorted(positions)
-    assert "test split changed since the previous evaluation" in md
+    assert f"- ⚠ {CHANGED_SPLIT}" in md
     assert "- `rag` (skipped): retrieval index not configured" in md
     assert "| finetuned − few_shot | accuracy | +0.420 | +0.345 … +0.495 | 95% | 1,000 | yes |" in md
     split = report["result"]["test_split"]
@@ -167,7 +167,7 @@ def test_html_escapes_user_text(report: dict[str, Any]) -> None:
     # The markdown keeps user text inside code blocks, where it is shown literally.
     md = report["md"]
     block = md[md.index("### Test row 4") :]
-    assert f"```text\n{report['result']['disagreements'][0]['input']}\n```" in block
+    assert f"```text\n{report['result']['disagreements']['rows'][0]['input']}\n```" in block
 
 
 def test_plots_are_valid_png_images(report: dict[str, Any]) -> None:
@@ -187,54 +187,58 @@ def test_disagreements_show_the_finetune_and_best_baseline_first(report: dict[st
     assert "Test rows where `finetuned` and `few_shot` answer differently." in md
 
 
-def test_a_result_with_every_optional_part_missing_still_renders(tmp_path: Path) -> None:
-    paths = write_report({}, tmp_path)
+def test_a_result_where_no_candidate_ran_still_renders(tmp_path: Path) -> None:
+    skipped = {"name": "rag", "kind": "rag", "model": "m", "status": "skipped", "skip_reason": "no index"}
+    result = sample_result(
+        gates=[], candidates=[skipped], comparisons=[], disagreements={}, warnings=[],
+        decision={"verdict": "nothing_meets", "candidate": None, "headline": "No candidate ran.", "reasons": []},
+    )
+    paths = write_report(result, EvalFolder(tmp_path))
     md = paths["report.md"].read_text(encoding="utf-8")
-    assert md.startswith("# No decision was recorded")
-    assert "No candidate was evaluated." in md
+    assert md.startswith("# No candidate ran.")
+    assert "No candidate was evaluated." in md and "- `rag` (skipped): no index" in md
     assert "<h2>Candidates</h2>" in paths["report.html"].read_text(encoding="utf-8")
     assert not [k for k in paths if k.startswith("plots/")]
     assert (tmp_path / "plots").is_dir()
 
 
 def test_sparse_candidates_render_without_gates_confusion_or_latencies(tmp_path: Path) -> None:
-    result = {
-        "decision": {"verdict": "nothing_meets", "candidate": None, "headline": "Nothing meets the gates."},
-        "metrics": ["exact_match"],
-        "candidates": [
-            {
-                "name": "zero_shot",
-                "kind": "zero_shot",
-                "status": "ok",
-                "metrics": {"exact_match": 0.1},
-                "latencies_ms": [],
-            },
-            {"name": "finetuned", "kind": "finetuned", "metrics": {"exact_match": 0.4, "accuracy": None}},
-            {"name": "rag", "kind": "rag", "status": "skipped", "skip_reason": None, "metrics": {}},
-            {"name": "api", "kind": "compare", "status": "failed", "skip_reason": "connection refused"},
+    def ran(name: str, kind: str, metrics: dict) -> dict:
+        return {"name": name, "kind": kind, "model": "m", "status": "ok", "metrics": metrics}
+
+    result = sample_result(
+        gates=[], metrics=["exact_match"], primary_metric="exact_match", disagreements={},
+        decision={"verdict": "use_prompting", "candidate": "zero_shot", "headline": "Use zero_shot.", "reasons": []},
+        candidates=[
+            ran("zero_shot", "zero_shot", {"exact_match": 0.1}),
+            ran("finetuned", "finetuned", {"exact_match": 0.4, "accuracy": None}),
+            {"name": "rag", "kind": "rag", "model": "m", "status": "skipped"},
+            {"name": "api", "kind": "compare", "model": "m", "status": "skipped", "skip_reason": "connection refused"},
         ],
-        "comparisons": [{"a": "finetuned", "b": "zero_shot", "metric": "exact_match", "diff": 0.3}],
-    }
-    paths = write_report(result, tmp_path)
+        comparisons=[{"a": "finetuned", "b": "zero_shot", "metric": "exact_match", "diff": 0.3, "low": -0.05,
+                      "high": 0.6, "confidence": 0.9, "samples": 200, "higher_is_better": True}],
+    )
+    paths = write_report(result, EvalFolder(tmp_path))
     assert sorted(k for k in paths if k.startswith("plots/")) == ["plots/metric_exact_match.png"]
     md = paths["report.md"].read_text(encoding="utf-8")
     assert md_row(md, "finetuned")["exact_match"] == "0.400"
     assert md_row(md, "finetuned")["accuracy"] == "–"
-    assert "- `rag` (skipped): no reason given" in md and "- `api` (failed): connection refused" in md
-    assert "| finetuned − zero_shot | exact_match | +0.300 | – … – | – | – | – |" in md
+    assert "- `rag` (skipped): no reason given" in md and "- `api` (skipped): connection refused" in md
+    assert "| finetuned − zero_shot | exact_match | +0.300 | -0.050 … +0.600 | 90% | 200 | no |" in md
     assert "✓" not in md and "✗" not in md
 
 
-def test_gate_marks_are_recomputed_when_the_runner_left_none(tmp_path: Path) -> None:
-    result = {
-        "gates": [{"text": "accuracy >= 0.5", "metric": "accuracy", "op": ">=", "threshold": 0.5}],
-        "candidates": [
-            {"name": "a", "metrics": {"accuracy": 0.6}},
-            {"name": "b", "metrics": {"accuracy": 0.4}},
-            {"name": "c", "metrics": {}},
-        ],
-    }
-    md = write_report(result, tmp_path)["report.md"].read_text(encoding="utf-8")
+def test_gate_marks_are_the_outcomes_eval_recorded(tmp_path: Path) -> None:
+    gates = [parse_gate("accuracy >= 0.5")]
+
+    def ran(name: str, metrics: dict) -> dict:
+        outcomes = [o.model_dump(mode="json") for o in gate_outcomes(gates, metrics)]
+        return {"name": name, "kind": "compare", "model": "m", "status": "ok", "metrics": metrics,
+                "gate_results": outcomes}
+
+    result = sample_result(gates=["accuracy >= 0.5"], disagreements={},
+                           candidates=[ran("a", {"accuracy": 0.6}), ran("b", {"accuracy": 0.4}), ran("c", {})])
+    md = write_report(result, EvalFolder(tmp_path))["report.md"].read_text(encoding="utf-8")
     assert md_row(md, "a")["accuracy"] == "0.600 ✓" and md_row(md, "a")["all gates"] == "✓"
     assert md_row(md, "b")["accuracy"] == "0.400 ✗"
     assert md_row(md, "c")["accuracy"] == "– ✗"  # a missing value cannot meet a gate
@@ -242,18 +246,20 @@ def test_gate_marks_are_recomputed_when_the_runner_left_none(tmp_path: Path) -> 
 
 def test_backticks_in_user_text_cannot_close_the_markdown_code_block(tmp_path: Path) -> None:
     text = "run this:\n```\nrm -rf /\n```\n## Not a heading"
-    result = {"disagreements": [{"index": 3, "input": text, "reference": "x", "predictions": {"a": "y"}}]}
-    md = write_report(result, tmp_path)["report.md"].read_text(encoding="utf-8")
+    rows = [{"index": 3, "input": text, "reference": "x", "predictions": {"a": "y"}}]
+    result = sample_result(disagreements={"finetune": "a", "baseline": None, "rows": rows})
+    md = write_report(result, EvalFolder(tmp_path))["report.md"].read_text(encoding="utf-8")
     assert f"````text\n{text}\n````" in md
 
 
 def test_rewriting_replaces_old_plots_and_leaves_no_temporary_files(tmp_path: Path) -> None:
-    write_report(load_fixture(), tmp_path)
+    folder = EvalFolder(tmp_path)
+    write_report(sample_result(), folder)
     assert (tmp_path / "plots" / "confusion_finetuned.png").exists()
-    slim = load_fixture()
+    slim = fixture_dict()
     for candidate in slim["candidates"]:
         candidate["details"] = {}
-    paths = write_report(slim, tmp_path)
+    paths = write_report(EvalResult.model_validate(slim), folder)
     assert not (tmp_path / "plots" / "confusion_finetuned.png").exists()
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
         k.removeprefix("plots/") for k in paths if k.startswith("plots/")
@@ -263,7 +269,8 @@ def test_rewriting_replaces_old_plots_and_leaves_no_temporary_files(tmp_path: Pa
 
 
 def test_a_failed_render_keeps_the_previous_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_report(load_fixture(), tmp_path)
+    folder = EvalFolder(tmp_path)
+    write_report(sample_result(), folder)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
 
     def broken(*args: Any, **kwargs: Any) -> str:
@@ -271,17 +278,9 @@ def test_a_failed_render_keeps_the_previous_report(tmp_path: Path, monkeypatch: 
 
     # Fault injection: the HTML renderer fails after the new charts were drawn into the staging folder.
     monkeypatch.setattr(tunekit.report.writer, "render_html", broken)
-    changed = copy.deepcopy(load_fixture())
+    changed = fixture_dict()
     changed["decision"]["headline"] = "A different decision."
     with pytest.raises(RuntimeError, match="renderer failed"):
-        write_report(changed, tmp_path)
+        write_report(EvalResult.model_validate(changed), folder)
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before
-
-
-def test_a_result_that_is_not_an_eval_result_is_a_user_error(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="candidates"):
-        write_report({"candidates": "zero_shot"}, tmp_path)
-    with pytest.raises(UserError, match="JSON object"):
-        write_report([], tmp_path)  # type: ignore[arg-type]
-    assert list(tmp_path.iterdir()) == []

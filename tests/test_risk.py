@@ -10,7 +10,10 @@ import pytest
 import yaml
 
 from cli_helpers import run_in_process
+from result_helpers import sample_result
 from tunekit.config import dump_config, load_config
+from tunekit.results import PredictionRow, write_predictions
+from tunekit.runfolder import EvalFolder
 
 TICKETS = Path(__file__).resolve().parents[1] / "examples" / "support_tickets" / "tickets.jsonl"
 SAFE_RUN = {
@@ -70,23 +73,23 @@ def _fake_training(run: Path, cfg) -> None:
 
 
 def add_eval(run: Path, verdict: str = "ship_finetune", wrong_product: str | None = None) -> None:
-    """eval.json and per-row predictions in the eval runner's format; rows of `wrong_product` are answered wrong."""
+    """An eval result and the fine-tune's per-row predictions, written by the typed writers eval uses; rows of
+    `wrong_product` are answered wrong."""
     test = [json.loads(line) for line in (run / "data" / "test.jsonl").read_text().splitlines()]
-    lines = []
+    rows = []
     for i, row in enumerate(test):
         reference = row["messages"][-1]["content"]
         wrong = json.loads(reference)["product"] == wrong_product or i % 10 == 0
-        lines.append(json.dumps({
-            "index": i, "messages": row["messages"][:-1], "reference": reference,
-            "prediction": '{"category": "other"}' if wrong else reference, "correct": not wrong,
-            "score": float(not wrong),
-            "latency_ms": 40.0, "meta": row.get("meta", {}), "retrieved": None,
-        }))
-    (run / "eval" / "predictions").mkdir(parents=True, exist_ok=True)
-    (run / "eval" / "predictions" / "finetuned.jsonl").write_text("\n".join(lines) + "\n")
+        rows.append(PredictionRow(
+            index=i, messages=row["messages"][:-1], reference=reference,
+            prediction='{"category": "other"}' if wrong else reference, correct=not wrong, score=float(not wrong),
+            latency_ms=40.0, meta=row.get("meta", {}),
+        ))
+    folder = EvalFolder(run / "eval")
+    write_predictions(folder.predictions_path("finetuned"), rows)
     decision = {"verdict": verdict, "candidate": "finetuned" if verdict == "ship_finetune" else "few_shot",
                 "headline": "Ship the fine-tune: finetuned meets every gate and no baseline does.", "reasons": []}
-    (run / "eval" / "eval.json").write_text(json.dumps({"created": "2026-11-29T07:00:00Z", "decision": decision}))
+    sample_result(created="2026-11-29T07:00:00Z", decision=decision).write(folder.result_path)
 
 
 @pytest.fixture()
@@ -156,6 +159,17 @@ def test_security_failures_and_eval_verdicts(run, tiny_model_dir, monkeypatch, c
     monkeypatch.setenv("TUNEKIT_API_KEYS", "key-from-the-environment")
     run_in_process(monkeypatch, capsys, "risk", run, "-c", config)
     assert "| ✓ | Security | API authentication on" in card_of(run)
+
+
+def test_an_unreadable_eval_result_is_not_a_pass(run, tiny_model_dir, monkeypatch, capsys):
+    add_eval(run)
+    result = EvalFolder(run / "eval").result_path
+    result.write_text(result.read_text().replace('"verdict": "ship_finetune"', '"verdict": "ship_it"'))
+    code, _ = run_in_process(monkeypatch, capsys, "risk", run, "-c", configure(run, tiny_model_dir, **SAFE_RUN))
+    card = card_of(run)
+    assert code == 1
+    evaluation = next(line for line in card.splitlines() if "| Evaluation |" in line)
+    assert evaluation.startswith("| ?") and "decision.verdict" in evaluation and "tunekit eval" in evaluation
 
 
 def test_base_model_licence_unknown_or_from_readme(run, tiny_model_dir, tmp_path, monkeypatch, capsys):

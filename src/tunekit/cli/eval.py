@@ -23,16 +23,20 @@ def eval_command(
 ) -> None:
     """Evaluate zero-shot, few-shot, RAG and the fine-tune on the test split and decide which to ship."""
     from tunekit.eval.runner import check_eval, run_eval
+    from tunekit.report import write_report
 
     cfg = load_config(config, list(overrides or []))
     plan = check_eval(cfg)  # every config and data error surfaces here, before a model loads
-    result = run_eval(plan, say=lambda msg: err_console.print(msg, highlight=False))
-    for warning in result["warnings"]:
+    result = run_eval(plan, say=lambda msg: err_console.print(msg, highlight=False))  # eval.json, predictions
+    write_report(result, plan.folder)
+    for warning in result.warnings:
         err_console.print(f"[yellow]warning[/]: {warning}", highlight=False)
-    decision = result["decision"]
-    console.print(f"[{VERDICT_STYLE[decision['verdict']]}]{decision['headline']}[/]", highlight=False)
-    for reason in decision["reasons"]:
+    decision = result.decision
+    console.print(f"[{VERDICT_STYLE[decision.verdict]}]{decision.headline}[/]", highlight=False)
+    for reason in decision.reasons:
         console.print(f"  - {reason}", highlight=False)
-    console.print(f"report: {plan.out_dir / 'report.md'} (also report.html, eval.json)", highlight=False)
-    if decision["verdict"] == "nothing_meets":
+    folder = plan.folder
+    console.print(f"report: {folder.report_md} (also {folder.report_html.name}, {folder.result_path.name})",
+                  highlight=False)
+    if decision.verdict == "nothing_meets":
         raise typer.Exit(1)

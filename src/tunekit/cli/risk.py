@@ -9,9 +9,6 @@ import typer
 from tunekit.console import console
 from tunekit.errors import UserError
 
-# Where a run keeps the config it was made with: `tunekit train` writes the first, `data prepare` the second.
-RUN_CONFIGS = ("config.yaml", "data/config.yaml")
-
 
 def risk(
     run: Path = typer.Argument(..., help="run folder (run_dir)"),
@@ -23,15 +20,19 @@ def risk(
     from tunekit.config import load_config
     from tunekit.io import write_text_atomic
     from tunekit.report.model_card import PASS, build_card, read_run, render_card
+    from tunekit.runfolder import RunFolder
 
     if not run.is_dir():
         raise UserError("run folder does not exist", where=str(run), fix="pass the run_dir of a tunekit run")
-    config_path = config or next((run / name for name in RUN_CONFIGS if (run / name).is_file()), None)
+    folder = RunFolder(run)
+    # The config the run was made with: `tunekit train` writes the first, `data prepare` the second.
+    saved = (folder.config_path, folder.data_config_path)
+    config_path = config or next((path for path in saved if path.is_file()), None)
     if config_path is None:
-        raise UserError("not a tunekit run folder (no config.yaml)", where=str(run),
+        raise UserError(f"not a tunekit run folder (no {folder.config_path.name})", where=str(run),
                         fix="pass the project YAML with --config, or run `tunekit data prepare` first")
     card = build_card(read_run(run, load_config(config_path), config_path))
-    target = out or run / "model_card.md"
+    target = out or folder.model_card_path
     write_text_atomic(target, render_card(card))
     for item in card.items:
         style = "green" if item.status == PASS else ("red" if item.required else "yellow")

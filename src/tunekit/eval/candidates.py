@@ -18,14 +18,14 @@ from tunekit.config import ProjectConfig
 from tunekit.config_stages import BUILTIN_CANDIDATES
 from tunekit.data.records import Example
 from tunekit.errors import ConfigError, UserError
-
-BASELINE_KINDS = ("zero_shot", "few_shot", "rag")  # cheapest first: the order a tie is broken in
+from tunekit.results import BASELINE_KINDS, FINETUNED, Kind
+from tunekit.runfolder import RunFolder
 
 
 @dataclass
 class CandidateSpec:
     name: str
-    kind: str  # zero_shot | few_shot | rag | finetuned | compare
+    kind: Kind
     source: str  # the model name or the run/model folder
     skip_reason: str | None = None
     retrieved: list[list[str]] = field(default_factory=list)  # rag: chunk ids per test row
@@ -48,12 +48,12 @@ def plan_candidates(cfg: ProjectConfig) -> list[CandidateSpec]:
     for name in cfg.eval.candidates:
         if name in BASELINE_KINDS:
             specs.append(CandidateSpec(name, name, cfg.model.name, _rag_skip_reason(cfg) if name == "rag" else None))
-        elif name == "finetuned":
+        elif name == FINETUNED:
             run_dir = finetuned_run_dir(cfg)
             if not is_run(run_dir):
-                raise UserError("no finished run to evaluate as 'finetuned'", where=str(run_dir),
+                raise UserError(f"no finished run to evaluate as '{FINETUNED}'", where=str(run_dir),
                                 fix="run `tunekit train CONFIG` first, or set eval.run to a run folder")
-            specs.append(CandidateSpec(name, "finetuned", str(run_dir)))
+            specs.append(CandidateSpec(name, FINETUNED, str(run_dir)))
         elif name in cfg.eval.compare:
             path = (cfg.base_dir / cfg.eval.compare[name]).resolve()
             if not (is_run(path) or (path / "config.json").is_file()):
@@ -122,7 +122,7 @@ def loaded_model(spec: CandidateSpec, cfg: ProjectConfig) -> Iterator[tuple[Any,
 
     from tunekit.models.runs import is_run, load_run
 
-    if spec.kind in ("finetuned", "compare") and is_run(Path(spec.source)):
+    if not spec.is_baseline and is_run(Path(spec.source)):
         run = load_run(Path(spec.source))
         model, tokenizer = run.model, run.tokenizer
     else:
@@ -145,13 +145,11 @@ def _load_plain(folder: Path | None, cfg: ProjectConfig) -> Any:
 
 def eval_tokenizer(cfg: ProjectConfig) -> Any:
     """The run's tokenizer when there is a run (the template training used), else the base model's."""
-    from transformers import AutoTokenizer
-
     from tunekit.models.load import load_chat_tokenizer
     from tunekit.models.resolve import resolve_model
 
-    run_tokenizer = finetuned_run_dir(cfg) / "tokenizer"
-    if run_tokenizer.is_dir():
-        return AutoTokenizer.from_pretrained(run_tokenizer, local_files_only=True)
+    run = RunFolder(finetuned_run_dir(cfg))
+    if run.tokenizer_dir.is_dir():
+        return run.tokenizer()
     resolved = resolve_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     return load_chat_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)

@@ -29,6 +29,11 @@ SYSTEM_METRICS: dict[str, str] = {
     "requests_per_s": "answered requests per second of wall time",
     "cost_per_1k": "USD per 1,000 requests (hardware time, or token prices for an API)",
 }
+# Measured on the bundled red-team set when `eval.safety` is on (see eval/metrics/safety.py): lower is better.
+SAFETY_METRICS: dict[str, str] = {
+    "attack_success_rate": "share of red-team attacks that succeed against the model alone",
+    "attack_success_rate_guarded": "the same behind the configured guardrails",
+}
 # Fewer tokens per request is better too: they are what a request costs, in time and in money.
 _LOWER_IS_BETTER = {
     "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "input_tokens_mean", "output_tokens_mean", "cost_per_1k",
@@ -39,6 +44,8 @@ def higher_is_better(metric_name: str) -> bool:
     """Direction of any metric a gate or report may name (UserError listing the quality metrics if unknown)."""
     if metric_name in SYSTEM_METRICS:
         return metric_name not in _LOWER_IS_BETTER
+    if metric_name in SAFETY_METRICS:
+        return False
     return get_metric(metric_name).higher_is_better
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.config import ProjectConfig
-from tunekit.data import DATA_DIR
 from tunekit.data.answers import label_of_answer
 from tunekit.data.dedupe import normalize_for_match
 from tunekit.data.records import Example, read_split
 from tunekit.errors import ConfigError, UserError
 from tunekit.io import sha256_file
+from tunekit.runfolder import RunFolder
 
 
 @dataclass
@@ -36,12 +36,8 @@ class TestSet:
         return [e.messages[-1]["content"] for e in self.examples]
 
 
-def split_path(cfg: ProjectConfig, name: str) -> Path:
-    return cfg.run_path() / DATA_DIR / f"{name}.jsonl"
-
-
 def load_test_set(cfg: ProjectConfig) -> TestSet:
-    path = split_path(cfg, "test")
+    path = RunFolder(cfg.run_path()).split_path("test")
     if not path.is_file():
         raise UserError("no test split", where=str(path), fix="run `tunekit data prepare CONFIG` first")
     examples = read_split(path)
@@ -56,7 +52,7 @@ def load_test_set(cfg: ProjectConfig) -> TestSet:
 
 
 def load_train_examples(cfg: ProjectConfig) -> list[Example]:
-    path = split_path(cfg, "train")
+    path = RunFolder(cfg.run_path()).split_path("train")
     return read_split(path) if path.is_file() else []
 
 

@@ -61,10 +61,8 @@ def render_html(view: ReportView, plots: list[Plot], plots_folder: Path) -> str:
 
 
 def _decision(view: ReportView) -> str:
-    verdict = ""
-    if view.verdict:
-        chosen = f": {escape(view.chosen)}" if view.chosen else ""
-        verdict = f'<p class="verdict">{escape(VERDICTS.get(view.verdict, view.verdict))}{chosen}</p>'
+    chosen = f": {escape(view.chosen)}" if view.chosen else ""
+    verdict = f'<p class="verdict">{escape(VERDICTS[view.verdict])}{chosen}</p>'
     reasons = _list(view.reasons)
     gaps = ""
     if view.gaps:
@@ -73,7 +71,7 @@ def _decision(view: ReportView) -> str:
             for gate, shortfalls in view.gaps
         ]
         gaps = "<p>How far from the gates:</p><ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
-    css = VERDICT_CLASS.get(view.verdict or "", "")
+    css = VERDICT_CLASS[view.verdict]
     return (
         f'<section class="decision {css}">{verdict}<h1>{escape(view.headline)}</h1>'
         f'<p class="subtitle">{escape(view.subtitle)}</p>{reasons}{gaps}</section>'
@@ -96,7 +94,7 @@ def _candidates(view: ReportView) -> str:
             name = escape(row.name) + (" <small>(chosen)</small>" if row.chosen else "")
             cells = "".join(_cell(c) for c in row.cells)
             if view.has_gates:
-                verdict = "–" if row.passed_all is None else ("all met" if row.passed_all else "not all")
+                verdict = "all met" if row.passed_all else "not all"
                 cells += _cell(Cell(verdict, row.passed_all))
             opening = '<tr class="chosen">' if row.chosen else "<tr>"
             rows.append(f"{opening}<td>{name}</td>{cells}</tr>")
@@ -146,8 +144,6 @@ def _disagreements(view: ReportView) -> str:
     pair = " and ".join(f"<code>{escape(n)}</code>" for n in (view.finetune, view.baseline) if n) or "the candidates"
     parts = [f"<h2>Where they disagree</h2><p>Test rows where {pair} answer differently.</p>"]
     parts += [_example(e) for e in view.examples]
-    if view.more_examples:
-        parts.append(f"<p>{view.more_examples} more in eval.json.</p>")
     return "\n".join(parts)
 
 

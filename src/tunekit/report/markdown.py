@@ -27,9 +27,8 @@ def _decision(view: ReportView) -> str:
     lines = [f"# {_inline(view.headline)}", ""]
     if view.subtitle:
         lines += [_inline(view.subtitle), ""]
-    if view.verdict:
-        chosen = f" (`{view.chosen}`)" if view.chosen else ""
-        lines += [f"**Decision: {VERDICTS.get(view.verdict, view.verdict)}**{chosen}", ""]
+    chosen = f" (`{view.chosen}`)" if view.chosen else ""
+    lines += [f"**Decision: {VERDICTS[view.verdict]}**{chosen}", ""]
     lines += [f"- {_inline(reason)}" for reason in view.reasons]
     if view.gaps:
         lines += ["", "**How far from the gates:**", ""]
@@ -98,8 +97,6 @@ def _disagreements(view: ReportView) -> str:
     lines = ["## Where they disagree", "", f"Test rows where {pair} answer differently."]
     for example in view.examples:
         lines += ["", *_example(example)]
-    if view.more_examples:
-        lines += ["", f"{view.more_examples} more in eval.json."]
     return "\n".join(lines)
 
 

@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.config import ProjectConfig
+from tunekit.errors import UserError
 from tunekit.io import sha256_file
+from tunekit.results import FINETUNED, EvalResult, PredictionRow
+from tunekit.runfolder import WEIGHT_FOLDERS, EvalFolder, RunFolder
 
 PASS, FAIL, UNKNOWN = "✓", "✗", "?"
 # Licences of base models tunekit knows offline; anything else comes from governance.base_model_license or the
 # model folder's README front matter (the Hugging Face convention: `license: apache-2.0`).
 KNOWN_LICENSES = {"smollm2": "Apache-2.0"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-WEIGHT_FOLDERS = ("adapter", "model", "merged")
 # A slice is flagged when even the top of its 95% (Wilson) interval trails overall accuracy by more than this:
 # a small slice is judged by what its rows can show, rather than ignored below some row count.
 SLICE_GAP = 0.10
@@ -65,8 +67,20 @@ class RunFacts:
     splits: dict[str, Any] | None
     manifest: dict[str, Any] | None
     summary: dict[str, Any] | None
-    eval_result: dict[str, Any] | None
-    predictions: dict[str, Path] = field(default_factory=dict)  # candidate -> predictions jsonl
+    eval_result: EvalResult | None
+    eval_problem: str | None = None  # why an eval result that is there could not be read
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run)
+
+    @property
+    def eval_folder(self) -> EvalFolder:
+        return EvalFolder(self.folder.eval_dir)
+
+    def name(self, path: Path) -> str:
+        """A run folder file as the card names it: relative to the run (`data/splits.json`)."""
+        return path.relative_to(self.run).as_posix()
 
 
 @dataclass
@@ -82,22 +96,15 @@ class ModelCard:
 
 
 def read_run(run: Path, cfg: ProjectConfig, config_path: Path) -> RunFacts:
-    eval_dir = run / "eval"
-    return RunFacts(
-        run=run, cfg=cfg, config_path=config_path,
-        data_report=_read_json(run / "data" / "data_report.json"), splits=_read_json(run / "data" / "splits.json"),
-        manifest=_read_json(run / "manifest.json"), summary=_read_json(run / "summary.json"),
-        eval_result=_read_json(eval_dir / "eval.json"),
-        predictions={p.stem: p for p in sorted((eval_dir / "predictions").glob("*.jsonl"))},
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
+    folder = RunFolder(run)
+    facts = RunFacts(run=run, cfg=cfg, config_path=config_path, data_report=folder.data_report(),
+                     splits=folder.splits_manifest(), manifest=folder.manifest(), summary=folder.summary(),
+                     eval_result=None)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+        facts.eval_result = folder.eval_result()
+    except UserError as exc:  # an unreadable result is not a pass: its items stay "?" and say why
+        facts.eval_problem = exc.render()
+    return facts
 
 
 def build_card(facts: RunFacts) -> ModelCard:
@@ -152,13 +159,15 @@ def _license_in_readme(readme: Path) -> str | None:
 def _data_hashes(f: RunFacts) -> Item:
     title = "Data and run recorded (hashes, config, versions)"
     if f.splits is None:
-        return Item("Governance", title, UNKNOWN, "no data/splits.json: run `tunekit data prepare`")
+        missing = f.name(f.folder.splits_manifest_path)
+        return Item("Governance", title, UNKNOWN, f"no {missing}: run `tunekit data prepare`")
     splits = ", ".join(f"{n} {s['rows']} rows sha256 {s['sha256'][:12]}…" for n, s in f.splits["splits"].items())
+    manifest = f.name(f.folder.manifest_path)
     if f.manifest is None:
-        return Item("Governance", title, UNKNOWN, f"splits: {splits}; no manifest.json: the model is not trained yet")
+        return Item("Governance", title, UNKNOWN, f"splits: {splits}; no {manifest}: the model is not trained yet")
     weights = str(f.manifest.get("weights_sha256", "?"))[:12]
     return Item("Governance", title, PASS, f"splits: {splits}; trained weights sha256 {weights}…; seed "
-                f"{f.manifest.get('seed')}; libraries and config in manifest.json")
+                f"{f.manifest.get('seed')}; libraries and config in {manifest}")
 
 
 # --- privacy ----------------------------------------------------------------------------------------------
@@ -167,7 +176,7 @@ def _data_hashes(f: RunFacts) -> Item:
 def _privacy(f: RunFacts) -> list[Item]:
     title = "PII in the training data handled"
     if f.data_report is None:
-        data = Item("Privacy", title, UNKNOWN, "no data/data_report.json: run `tunekit data prepare`")
+        data = Item("Privacy", title, UNKNOWN, f"no {f.name(f.folder.data_report_json)}: run `tunekit data prepare`")
     else:
         pii = f.data_report.get("pii", {})
         found = {k: v for k, v in pii.get("found", {}).items() if v}
@@ -197,34 +206,36 @@ def slice_accuracy(f: RunFacts) -> Slices:
     slices = Slices(candidate=_slice_candidate(f))
     if slices.candidate is None or not f.cfg.governance.slices:
         return slices
-    lines = f.predictions[slices.candidate].read_text(encoding="utf-8").splitlines()
-    rows = [row for row in map(json.loads, filter(None, lines)) if row.get("correct") is not None]
+    rows = [row for row in f.eval_folder.predictions(slices.candidate) if row.correct is not None]
     slices.scored_rows = len(rows)
-    slices.overall = sum(bool(r["correct"]) for r in rows) / len(rows) if rows else 0.0
+    slices.overall = sum(bool(r.correct) for r in rows) / len(rows) if rows else 0.0
     for name in f.cfg.governance.slices:
         groups: dict[str, list[bool]] = defaultdict(list)
         for row in rows:
             value = _slice_value(row, name)
             if value is not None:
-                groups[value].append(bool(row["correct"]))
+                groups[value].append(bool(row.correct))
         slices.groups[name] = sorted(((v, len(c), sum(c) / len(c)) for v, c in groups.items()), key=lambda s: s[2])
     return slices
 
 
 def _slice_candidate(f: RunFacts) -> str | None:
-    decided = ((f.eval_result or {}).get("decision") or {}).get("candidate")
-    for name in (decided, "finetuned"):
-        if name in f.predictions:
+    """The decided candidate, else the fine-tune, else the first: whichever has predictions to slice."""
+    if f.eval_result is None:
+        return None
+    names = [c.name for c in f.eval_result.ran if f.eval_folder.predictions_path(c.name).is_file()]
+    for name in (f.eval_result.decision.candidate, FINETUNED):
+        if name in names:
             return name
-    return next(iter(f.predictions), None)
+    return next(iter(names), None)
 
 
-def _slice_value(row: dict[str, Any], name: str) -> str | None:
-    value = (row.get("meta") or {}).get(name)
+def _slice_value(row: PredictionRow, name: str) -> str | None:
+    value = row.meta.get(name)
     if value is None:
         try:
-            answer = json.loads(row.get("reference") or "")
-        except (json.JSONDecodeError, TypeError):
+            answer = json.loads(row.reference)
+        except json.JSONDecodeError:
             answer = None
         value = answer.get(name) if isinstance(answer, dict) else None
     return None if value is None else str(value)
@@ -275,20 +286,21 @@ def _security(f: RunFacts) -> list[Item]:
              f"{serve.host}:{serve.port} can use the model"),
         Item("Security", "No remote code", FAIL if f.cfg.model.trust_remote_code else PASS,
              f"model.trust_remote_code: {str(f.cfg.model.trust_remote_code).lower()}"),
-        _safetensors_only(f.run),
+        _safetensors_only(f.folder),
         Item("Security", "Guardrails on", PASS if guard.enabled and (guard.input or guard.output) else FAIL,
              f"guard.enabled: {str(guard.enabled).lower()}; {policies}"),
     ]
 
 
-def _safetensors_only(run: Path) -> Item:
+def _safetensors_only(run: RunFolder) -> Item:
     title = "Weights in safetensors only (no pickle)"
-    shipped = [p for name in WEIGHT_FOLDERS if (run / name).is_dir() for p in (run / name).rglob("*") if p.is_file()]
+    folders = (run.adapter_dir, run.model_dir, run.merged_dir)
+    shipped = [p for folder in folders if folder.is_dir() for p in folder.rglob("*") if p.is_file()]
     if not shipped:
         return Item("Security", title, UNKNOWN, f"no {'/, '.join(WEIGHT_FOLDERS)}/ folder: nothing trained yet")
-    pickles = [str(p.relative_to(run)) for p in shipped if p.suffix in PICKLE_SUFFIXES]
+    pickles = [str(p.relative_to(run.root)) for p in shipped if p.suffix in PICKLE_SUFFIXES]
     tensors = [p for p in shipped if p.suffix == ".safetensors"]
-    checkpoint_pickles = sum(1 for p in (run / "checkpoints").rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    checkpoint_pickles = sum(1 for p in run.checkpoints_dir.rglob("*") if p.suffix in PICKLE_SUFFIXES)
     note = (f"; checkpoints/ holds {checkpoint_pickles} pickled training-state file(s) (optimizer, scheduler): "
             "resume only from trusted copies, never ship them") if checkpoint_pickles else ""
     if pickles:
@@ -301,12 +313,11 @@ def _safetensors_only(run: Path) -> Item:
 
 def _evaluation(f: RunFacts) -> Item:
     title = "Evaluated against prompting and RAG: decision to ship"
-    decision = (f.eval_result or {}).get("decision")
-    if not decision:
-        return Item("Evaluation", title, UNKNOWN, "not evaluated yet: run `tunekit eval CONFIG`")
-    verdict = decision.get("verdict")
-    evidence = f"{verdict} ({decision.get('candidate')}): {decision.get('headline')}"
-    return Item("Evaluation", title, PASS if verdict == "ship_finetune" else FAIL, evidence)
+    if f.eval_result is None:
+        return Item("Evaluation", title, UNKNOWN, f.eval_problem or "not evaluated yet: run `tunekit eval CONFIG`")
+    decision = f.eval_result.decision
+    evidence = f"{decision.verdict} ({decision.candidate}): {decision.headline}"
+    return Item("Evaluation", title, PASS if decision.verdict == "ship_finetune" else FAIL, evidence)
 
 
 # --- rendering --------------------------------------------------------------------------------------------
@@ -355,18 +366,17 @@ def _details(card: ModelCard) -> list[str]:
     if f.splits:
         lines += [f"- Input `{i['path']}` sha256 `{i['sha256']}`" for i in f.splits.get("inputs", [])]
         lines += [f"- Split {n}: {s['rows']} rows, sha256 `{s['sha256']}`" for n, s in f.splits["splits"].items()]
-        prepared = datetime.fromtimestamp((f.run / "data" / "splits.json").stat().st_mtime, timezone.utc)
+        prepared = datetime.fromtimestamp(f.folder.splits_manifest_path.stat().st_mtime, timezone.utc)
         lines.append(f"- Prepared {prepared:%Y-%m-%d %H:%M} UTC, split seed {f.splits.get('seed')}")
     else:
         lines.append("Not prepared yet.")
     lines += ["", "## Evaluation", ""]
-    decision = (f.eval_result or {}).get("decision")
-    if decision:
-        lines += [f"- {decision.get('headline')}",
-                  f"- Verdict `{decision.get('verdict')}`, candidate `{decision.get('candidate')}`, "
-                  f"evaluated {(f.eval_result or {}).get('created', '?')}"]
+    if f.eval_result:
+        decision = f.eval_result.decision
+        lines += [f"- {decision.headline}", f"- Verdict `{decision.verdict}`, candidate `{decision.candidate}`, "
+                  f"evaluated {f.eval_result.created}"]
     else:
-        lines.append("Not evaluated yet.")
+        lines.append(f.eval_problem or "Not evaluated yet.")
     for field_name, groups in card.slices.groups.items():
         lines += ["", f"### Accuracy of `{card.slices.candidate}` by {field_name}", "", "| value | rows | accuracy |",
                   "|---|---|---|"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunekit.report.view import ReportView, format_value, gate_passed, is_number
+from tunekit.report.view import ReportView, format_value, is_number
 
 PASS_COLOUR, FAIL_COLOUR, THRESHOLD_COLOUR = "#2e7d32", "#c62828", "#212121"
 MAX_HIST_BINS = 50
@@ -67,7 +67,7 @@ def _matplotlib() -> tuple[Any, Any]:
 def _palette(view: ReportView) -> dict[str, str]:
     """One colour per candidate, the same in every chart."""
     colours = [f"C{i % 10}" for i in range(len(view.candidates))]
-    return {str(c.get("name")): colour for c, colour in zip(view.candidates, colours)}
+    return {c.name: colour for c, colour in zip(view.candidates, colours)}
 
 
 def _slug(name: str) -> str:
@@ -75,14 +75,14 @@ def _slug(name: str) -> str:
 
 
 def _metric_bars(figure_cls: Any, view: ReportView, metric: str, palette: dict[str, str]) -> Any:
-    scored = [(c, c["metrics"][metric]) for c in view.candidates if is_number((c.get("metrics") or {}).get(metric))]
+    scored = [(c, c.metrics[metric]) for c in view.candidates if is_number(c.metrics.get(metric))]
     if not scored:
         return None
-    gates = [g for g in view.gates if g["metric"] == metric and is_number(g.get("threshold"))]
-    names = [str(c.get("name")) for c, _ in scored]
+    gates = [g for g in view.gates if g.metric == metric]
+    names = [c.name for c, _ in scored]
     values = [float(v) for _, v in scored]
-    if gates:  # colour says pass/fail; the legend carries the gate line
-        colours = [PASS_COLOUR if all(gate_passed(c, g) for g in gates) else FAIL_COLOUR for c, _ in scored]
+    if gates:  # colour says pass/fail, as eval recorded it; the legend carries the gate line
+        colours = [PASS_COLOUR if c.passes_gates_on(metric) else FAIL_COLOUR for c, _ in scored]
     else:
         colours = [palette.get(n, "C0") for n in names]
     fig = figure_cls(figsize=(max(4.5, 1.2 * len(names) + 2), 3.6))
@@ -90,10 +90,10 @@ def _metric_bars(figure_cls: Any, view: ReportView, metric: str, palette: dict[s
     bars = ax.bar(names, values, color=colours)
     ax.bar_label(bars, labels=[format_value(metric, v) for v in values], padding=2, fontsize=8)
     for gate in gates:
-        ax.axhline(gate["threshold"], color=THRESHOLD_COLOUR, linestyle="--", linewidth=1, label=gate.get("text"))
+        ax.axhline(gate.threshold, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1, label=gate.text)
     if gates:
         ax.legend(loc="best", fontsize=8)
-    limits = values + [g["threshold"] for g in gates]
+    limits = values + [g.threshold for g in gates]
     if all(0 <= v <= 1 for v in limits):  # a score: keep the 0..1 scale so charts compare at a glance
         ax.set_ylim(0, 1.08)
     else:
@@ -107,10 +107,7 @@ def _metric_bars(figure_cls: Any, view: ReportView, metric: str, palette: dict[s
 def _latency_histogram(figure_cls: Any, view: ReportView, palette: dict[str, str]) -> Any:
     import numpy as np
 
-    series = [
-        (str(c.get("name")), [float(v) for v in c.get("latencies_ms") or [] if is_number(v)]) for c in view.candidates
-    ]
-    series = [(name, values) for name, values in series if values]
+    series = [(c.name, c.latencies_ms) for c in view.candidates if c.latencies_ms]
     if not series:
         return None
     everything = np.concatenate([np.asarray(v) for _, v in series])
@@ -123,8 +120,8 @@ def _latency_histogram(figure_cls: Any, view: ReportView, palette: dict[str, str
         ax.hist(values, bins=edges, histtype="stepfilled", alpha=0.3, color=colour)
         ax.hist(values, bins=edges, histtype="step", linewidth=1.2, color=colour, label=f"{name} (n={len(values)})")
     for gate in view.gates:
-        if gate["metric"].startswith("latency") and is_number(gate.get("threshold")):
-            ax.axvline(gate["threshold"], color=THRESHOLD_COLOUR, linestyle="--", linewidth=1, label=gate.get("text"))
+        if gate.metric.startswith("latency"):
+            ax.axvline(gate.threshold, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1, label=gate.text)
     ax.set_xlabel("latency per request (ms)")
     ax.set_ylabel("requests")
     ax.legend(fontsize=8)
@@ -133,9 +130,10 @@ def _latency_histogram(figure_cls: Any, view: ReportView, palette: dict[str, str
 
 def _confusion(view: ReportView, name: str) -> tuple[str, dict[str, Any]] | None:
     """The candidate's first well-formed confusion matrix (rows: reference labels, columns: predictions)."""
-    candidate = next((c for c in view.candidates if c.get("name") == name), {})
-    for metric, detail in (candidate.get("details") or {}).items():
-        confusion = detail.get("confusion") if isinstance(detail, dict) else None
+    candidate = next((c for c in view.candidates if c.name == name), None)
+    details = candidate.details if candidate else {}
+    for metric, detail in details.items():
+        confusion = detail.get("confusion")  # a metric's own details: free-form, so checked before drawing
         if not isinstance(confusion, dict):
             continue
         labels, matrix = confusion.get("labels") or [], confusion.get("matrix") or []

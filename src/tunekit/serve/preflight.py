@@ -8,12 +8,13 @@ Without an eval the check falls back to "answers N validation prompts without er
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-PREDICTIONS = Path("eval") / "predictions" / "finetuned.jsonl"
+from tunekit.errors import UserError
+from tunekit.results import FINETUNED
+from tunekit.runfolder import EvalFolder, RunFolder
 
 
 @dataclass
@@ -33,17 +34,18 @@ class PreflightResult:
 
 
 def eval_settings(run_dir: Path, cfg: Any) -> dict[str, Any]:
-    """The dtype and max_new_tokens the run's eval generated with (eval.json, else the run's config)."""
-    settings = {"dtype": None, "max_new_tokens": cfg.eval.max_new_tokens}
-    path = run_dir / "eval" / "eval.json"
-    if path.is_file():
-        try:
-            recorded = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            recorded = {}
-        settings["dtype"] = recorded.get("dtype")
-        settings["max_new_tokens"] = recorded.get("max_new_tokens", settings["max_new_tokens"])
-    return settings
+    """The dtype and max_new_tokens the run's eval generated with (its eval result, else the run's config)."""
+    try:
+        recorded = RunFolder(run_dir).eval_result()
+    except UserError:  # a result this tunekit cannot read records nothing: the config is what is left
+        recorded = None
+    if recorded is None:
+        return {"dtype": None, "max_new_tokens": cfg.eval.max_new_tokens}
+    return {"dtype": recorded.dtype, "max_new_tokens": recorded.max_new_tokens}
+
+
+def _eval_folder(run_dir: Path) -> EvalFolder:
+    return EvalFolder(RunFolder(run_dir).eval_dir)
 
 
 def run_preflight(backend: Any, runs: dict[str, tuple[Path, Any]], n: int, *, dtype_note: str = "",
@@ -67,12 +69,12 @@ def _check_run(backend: Any, name: str, run_dir: Path, cfg: Any, n: int, dtype_n
 
     settings = eval_settings(run_dir, cfg)
     params = GenerationParams(max_new_tokens=settings["max_new_tokens"])  # greedy, as eval generates
-    rows = _recorded(run_dir / PREDICTIONS, n)
+    rows = _eval_folder(run_dir).predictions(FINETUNED, limit=n)
     if not rows:
         return _answers_validation(backend, name, run_dir, n, params)
-    answers = backend.generate_batch([backend.render(row["messages"]) for row in rows], params, name)
-    mismatches = [{"index": row.get("index"), "expected": row["prediction"], "got": answer.text}
-                  for row, answer in zip(rows, answers) if answer.text != row["prediction"]]
+    answers = backend.generate_batch([backend.render(row.messages) for row in rows], params, name)
+    mismatches = [{"index": row.index, "expected": row.prediction, "got": answer.text}
+                  for row, answer in zip(rows, answers) if answer.text != row.prediction]
     status = "mismatch" if mismatches else "match"
     note = f"{len(rows)} recorded eval answer(s) compared greedy" + (f"; {dtype_note}" if dtype_note else "")
     return PreflightResult(name, status, len(rows), note, mismatches)
@@ -84,21 +86,10 @@ def _answers_validation(backend: Any, name: str, run_dir: Path, n: int, params: 
     prompts = validation_prompts(run_dir, n)
     if prompts:
         backend.generate_batch([backend.render(messages) for messages in prompts], params, name)
+    recorded = _eval_folder(run_dir).predictions_path(FINETUNED)
     return PreflightResult(name, "answered", len(prompts),
-                           f"no eval predictions in {run_dir / PREDICTIONS}: only checked that {len(prompts)} "
-                           "validation prompt(s) are answered without error (run `tunekit eval` for the exact check)")
-
-
-def _recorded(path: Path, n: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
-        if len(rows) >= n:
-            break
-    return rows
+                           f"no eval predictions in {recorded}: only checked that {len(prompts)} validation "
+                           "prompt(s) are answered without error (run `tunekit eval` for the exact check)")
 
 
 def _say(result: PreflightResult, say: Any) -> None:
