@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from cli_helpers import started
 from train_helpers import TUNEKIT, color_rows
 from tunekit.errors import UserError
 from tunekit.monitor.logdb import key_id_for
@@ -551,29 +552,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_healthy(proc: subprocess.Popen, port: int) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+    raise AssertionError(f"the server on port {port} did not come up within 120 s")
+
+
 def test_cli_serves_until_interrupted(project, tmp_path):
     port = free_port()
     env = {**os.environ, "TK_KEYS": KEY}
-    proc = subprocess.Popen(
-        [TUNEKIT, "serve", str(project.alpha), "--port", str(port), "--adapter", f"beta={project.beta}",
-         f"serve.log_db={tmp_path / 'cli.db'}", "serve.api_keys_env=TK_KEYS"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert proc.poll() is None, proc.communicate()[1][-3000:]
-                time.sleep(0.2)
+    with started([TUNEKIT, "serve", str(project.alpha), "--port", str(port), "--adapter", f"beta={project.beta}",
+                  f"serve.log_db={tmp_path / 'cli.db'}", "serve.api_keys_env=TK_KEYS"], env=env) as proc:
+        wait_until_healthy(proc, port)
         api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
         assert [m.id for m in api.models.list().data][:2] == ["run", "beta"]
-    finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-3000:]  # requests finished, then the usual exit code for Ctrl-C
     assert "preflight match for 'run'" in err and "listening on" in err
+
+
+# As from a background job or CI runner (SIGINT inherited as ignored: uvicorn restores that after its own
+# graceful shutdown and raises the signal again, which would then be lost), and SIGTERM as from docker or kill.
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint-ignored", "sigterm"])
+def test_cli_stops_gracefully_on_a_signal_even_when_started_with_sigint_ignored(project, tmp_path, signum):
+    port = free_port()
+    with started([TUNEKIT, "serve", str(project.alpha), "--port", str(port), f"serve.log_db={tmp_path / 'cli.db'}"],
+                 ignore_sigint=True, env={k: v for k, v in os.environ.items() if k != "TUNEKIT_API_KEYS"}) as proc:
+        wait_until_healthy(proc, port)
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)  # loopback
+        api.completions.create(model="run", prompt=PROMPT, max_tokens=2)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]  # shut down, not killed, and not as if nothing had stopped it
+    assert "Traceback" not in err
+    with sqlite3.connect(tmp_path / "cli.db") as db:  # the request log was written out before the exit
+        assert db.execute("SELECT count(*) FROM requests").fetchone()[0] == 1
 
 
 def test_cli_refuses_an_open_public_port(project):

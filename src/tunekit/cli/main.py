@@ -7,8 +7,10 @@ a traceback is reserved for bugs in tunekit itself.
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import typer
+from rich.markup import escape
 
 from tunekit.cli import chat, data, init, merge, models, train
 from tunekit.cli.eval import eval_command
@@ -17,7 +19,7 @@ from tunekit.cli.monitor import app as monitor_app
 from tunekit.cli.risk import risk
 from tunekit.cli.serve import serve as serve_command
 from tunekit.console import err_console
-from tunekit.errors import UserError
+from tunekit.errors import UserError, missing_dependency, stop_signals_interrupt
 from tunekit.quiet import offline_and_quiet
 
 app = typer.Typer(
@@ -43,13 +45,24 @@ app.command("serve")(serve_command)
 def run() -> None:
     offline_and_quiet()
     try:
-        app()
+        with stop_signals_interrupt():
+            app()
     except UserError as exc:
-        err_console.print(f"[bold red]error[/]: {exc.render()}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+        _fail(exc)
+    except ImportError as exc:
+        missing = missing_dependency(exc)  # an optional package that an import site did not `require`
+        if missing is None:
+            raise
+        _fail(missing)
+    except KeyboardInterrupt:  # Ctrl-C, SIGINT or SIGTERM outside typer's own handling (which exits 130 too)
         err_console.print("interrupted")
         sys.exit(130)
+
+
+def _fail(exc: UserError) -> NoReturn:
+    # Escaped: a message's own brackets, as in `pip install 'tunekit[serve]'`, are text, not rich markup.
+    err_console.print(f"[bold red]error[/]: {escape(exc.render())}", highlight=False, soft_wrap=True)
+    sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import typer
 
 from tunekit.console import err_console
 
+SERVE_EXTRA = ("fastapi", "uvicorn", "prometheus_client")  # what `pip install 'tunekit[serve]'` adds
+
 
 def serve(
     target: str = typer.Argument(..., help="a run folder, a local model folder or the embedded model's name"),
@@ -26,7 +28,10 @@ def serve(
 ) -> None:
     """Serve the model over OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models), with /health and
     Prometheus /metrics. Requests are logged to SQLite with PII redacted."""
-    from tunekit.errors import UserError
+    from tunekit.errors import UserError, require
+
+    for module in SERVE_EXTRA:  # before minutes of loading, not after
+        require(module, "tunekit serve")
     from tunekit.serve.auth import check_bind_is_safe
     from tunekit.serve.loading import parse_adapter_specs
     from tunekit.serve.server import run_forever

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tunekit.errors import UserError
+from tunekit.errors import UserError, require
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -52,10 +52,9 @@ def load_embedder() -> SentenceTransformer:
     from tunekit.quiet import offline_and_quiet
 
     offline_and_quiet()
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise UserError("sentence-transformers is not installed", fix="pip install 'tunekit[rag]'") from exc
+    require("sentence_transformers", "embedding")  # a message with the install command, not an ImportError
+    from sentence_transformers import SentenceTransformer
+
     return SentenceTransformer(str(embedding_model_dir()), device="cpu", local_files_only=True)
 
 

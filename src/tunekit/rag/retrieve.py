@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from tunekit.errors import UserError
+from tunekit.errors import UserError, require
 from tunekit.rag.chunk import search_text
 from tunekit.rag.store import load_contents
 
@@ -109,10 +109,7 @@ class Retriever:
         # bm25s persists to a folder of .npy/.json files, not into SQLite, so the BM25 index is rebuilt
         # from the stored chunk texts when the retriever loads: milliseconds for thousands of chunks, and
         # the index stays one self-consistent file.
-        try:
-            import bm25s
-        except ImportError as exc:
-            raise UserError("BM25 retrieval needs bm25s", fix="pip install 'tunekit[rag]'") from exc
+        bm25s = require("bm25s", "BM25 retrieval")
         texts = [search_text(h, t) for h, t in zip(self.contents.headings, self.contents.texts)]
         bm25 = bm25s.BM25()
         bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)

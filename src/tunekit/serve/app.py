@@ -11,12 +11,14 @@ import asyncio
 import time
 from typing import Any
 
+from tunekit.errors import MissingDependency
+
 try:
     from fastapi import FastAPI, Request, Security
     from fastapi.responses import Response
     from fastapi.security import HTTPBearer
 except ImportError as exc:  # the serve extra is optional; everything else in tunekit works without it
-    raise ImportError("serving needs FastAPI and uvicorn: pip install 'tunekit[serve]'") from exc
+    raise MissingDependency.of("fastapi", "serving", exc) from exc
 
 from tunekit.serve.errors import ApiError, install_error_handlers, timed_out
 from tunekit.serve.jobs import Job, chat_job, completion_job

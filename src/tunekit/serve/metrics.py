@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunekit.errors import require
+
 # Seconds; small models on a CPU answer in tens of milliseconds to tens of seconds.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class ServeMetrics:
     def __init__(self) -> None:
-        try:
-            from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-        except ImportError as exc:
-            raise ImportError("serving needs prometheus-client: pip install 'tunekit[serve]'") from exc
+        require("prometheus_client", "serving")  # a message with the install command, not an ImportError
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
         reg = {"registry": self.registry}

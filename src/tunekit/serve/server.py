@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from tunekit.errors import require
 from tunekit.serve.auth import check_bind_is_safe
 
 STARTUP_TIMEOUT_S = 30.0
@@ -39,10 +40,7 @@ class RunningServer:
 
 
 def uvicorn_server(app: Any, host: str, port: int, *, log_level: str = "warning") -> Any:
-    try:
-        import uvicorn
-    except ImportError as exc:
-        raise ImportError("serving needs uvicorn: pip install 'tunekit[serve]'") from exc
+    uvicorn = require("uvicorn", "serving")
     # The app has its own access log (SQLite) and metrics; uvicorn's per-request lines would only duplicate them.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=5, server_header=False)
@@ -50,7 +48,12 @@ def uvicorn_server(app: Any, host: str, port: int, *, log_level: str = "warning"
 
 
 def run_forever(state: Any, host: str, port: int) -> None:
-    """Serve until Ctrl-C or SIGTERM (uvicorn handles both and finishes requests in flight)."""
+    """Serve until Ctrl-C or SIGTERM (uvicorn handles both and finishes requests in flight).
+
+    uvicorn then restores the handlers it found and raises the signal again. Found ignored (a process started
+    from a background job inherits SIGINT so), that second signal would be lost and the command would end as
+    if nothing had stopped it; the CLI's handlers (`stop_signals_interrupt`) make it a KeyboardInterrupt.
+    """
     from tunekit.serve.app import create_app
 
     check_bind_is_safe(host, state.keys, state.serve.api_keys_env)

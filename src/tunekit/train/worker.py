@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 from tunekit.config import load_config
 from tunekit.console import err_console
-from tunekit.errors import UserError
+from tunekit.errors import UserError, stop_signals_interrupt
 
 
 def main(argv: list[str]) -> int:
@@ -16,11 +18,15 @@ def main(argv: list[str]) -> int:
     offline_and_quiet()
     config, *overrides = argv
     try:
-        cfg = load_config(config, overrides)
-        train(cfg, say=lambda msg: err_console.print(msg, highlight=False))
-    except UserError as exc:
-        err_console.print(f"[bold red]error[/]: {exc.render()}", highlight=False)
+        with stop_signals_interrupt():  # the launcher stops its workers with SIGTERM or SIGINT, never ignored
+            cfg = load_config(config, overrides)
+            train(cfg, say=lambda msg: err_console.print(msg, highlight=False))
+    except UserError as exc:  # an interrupt during training is one too: TrainingStopped, checkpoint saved
+        err_console.print(f"[bold red]error[/]: {escape(exc.render())}", highlight=False)
         return exc.exit_code
+    except KeyboardInterrupt:  # before training started: nothing to save
+        err_console.print("interrupted")
+        return 130
     return 0
 
 
