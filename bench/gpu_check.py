@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from generate_throughput import hf_reference, prompts_of, timed_generate  # noqa: E402
 from train_throughput import bench_overrides, mfu, write_splits  # noqa: E402
+from tunekit.runfolder import RunFolder  # noqa: E402
 
 RUNS = {  # name: (method, extra overrides); compiling last, as it may take longest on a cold cache
     "lora": ("lora", []),
@@ -91,7 +92,7 @@ def train(model: Path, data: Path, work: Path, name: str, method: str, extra: li
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path, **(env or {})})
     if proc.returncode != 0:
         return {"error": proc.stderr[-3000:]}
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads(RunFolder(run).summary_path.read_text())
     lines = (run / "metrics.jsonl").read_text().splitlines()
     summary["losses"] = [json.loads(line)["loss"] for line in lines if '"loss"' in line]
     return summary

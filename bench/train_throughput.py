@@ -26,6 +26,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # this checkout's tunekit, installed or not
+
+from tunekit.runfolder import RunFolder  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "bench"
 TRAIN, EVAL = SHARED / "data" / "synth_train.jsonl", SHARED / "data" / "synth_eval.jsonl"
 LORA = ["method.r=16", "method.alpha=32", "method.dropout=0.05", "method.target_modules=[q_proj, v_proj]"]
@@ -40,7 +44,6 @@ def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
 
 
 def model_dir() -> Path:
-    sys.path.insert(0, str(ROOT / "src"))
     from tunekit.models.resolve import EMBEDDED_DEFAULT, resolve_model
 
     return resolve_model(EMBEDDED_DEFAULT).path
@@ -48,10 +51,11 @@ def model_dir() -> Path:
 
 def write_splits(run: Path, train: Path, evaluation: Path) -> None:
     """The benchmark's rows as the run's prepared splits (evaluation rows serve as validation and test)."""
-    (run / "data").mkdir(parents=True, exist_ok=True)
-    (run / "data" / "train.jsonl").write_bytes(train.read_bytes())
-    (run / "data" / "validation.jsonl").write_bytes(evaluation.read_bytes())
-    (run / "data" / "test.jsonl").write_bytes(evaluation.read_bytes())
+    folder = RunFolder(run)
+    folder.data_dir.mkdir(parents=True, exist_ok=True)
+    folder.split_path("train").write_bytes(train.read_bytes())
+    folder.split_path("validation").write_bytes(evaluation.read_bytes())
+    folder.split_path("test").write_bytes(evaluation.read_bytes())
 
 
 def bench_overrides(run: Path, method: str, steps: int) -> list[str]:
@@ -75,7 +79,7 @@ def tunekit_run(method: str, steps: int, workdir: Path, extra: list[str]) -> dic
     proc = subprocess.run([exe, "train", str(config), *overrides], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"tunekit train failed:\n{proc.stderr[-4000:]}")
-    return json.loads((run / "summary.json").read_text())
+    return json.loads(RunFolder(run).summary_path.read_text())
 
 
 def trl_eval_loss(run: Path, base_dir: Path) -> float:
@@ -92,11 +96,12 @@ def trl_eval_loss(run: Path, base_dir: Path) -> float:
     sys.path.insert(0, str(SHARED))
     from baseline_trl import to_prompt_completion
 
-    if (run / "adapter").is_dir():
+    folder = RunFolder(run)
+    if folder.adapter_dir.is_dir():
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, str(run / "adapter"))
+        model = PeftModel.from_pretrained(model, str(folder.adapter_dir))
     else:
-        model = AutoModelForCausalLM.from_pretrained(run / "model", dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder.model_dir, dtype=torch.float32)
     rows = [json.loads(line) for line in EVAL.read_text().splitlines() if line.strip()]
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(output_dir=out, per_device_eval_batch_size=4, max_length=512, bf16=False, fp16=False,

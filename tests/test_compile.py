@@ -16,7 +16,7 @@ from train_helpers import make_project, read_metrics, run_in_process, tunekit
 from tunekit.config import MethodConfig
 from tunekit.devices import DeviceInfo
 from tunekit.errors import ConfigError
-from tunekit.methods import get_method, inspect_architecture
+from tunekit.methods import get_method, inspect_architecture, methods_where
 from tunekit.train.compile import compile_layers, cxx_compiler, decide_compile
 
 needs_compiler = pytest.mark.skipif(cxx_compiler() is None, reason="no C++ compiler: inductor cannot build kernels")
@@ -73,7 +73,7 @@ def test_compiled_layers_compute_eager_gradients_with_the_same_dropout_masks(tin
 def test_the_compiled_dropout_mask_is_the_eager_one_bit_for_bit() -> None:
     """Compiled, the mask is computed per element (fused into its multiply); eagerly, four elements per hash
     read as 16-bit slices. Sizes that are not multiples of four check the last, partial word."""
-    from tunekit.methods.dropout import keep_mask
+    from tunekit.methods._dropout import keep_mask
 
     compiled = torch.compile(keep_mask, dynamic=True)
     for shape, seed, dropped in (((3, 7, 5), -(2**62) - 12345, 3277), ((2, 64), 2**63 - 1, 32768), ((1, 1, 3), 7, 1)):
@@ -107,10 +107,15 @@ def test_auto_compiles_cpu_training_in_bf16_only() -> None:
     assert decide_compile("auto", CPU_BF16, lora)[0] is (cxx_compiler() is not None)
     assert decide_compile("auto", CPU_FP32, lora) == (False, "auto compiles bf16 training only (measured there)")
     assert decide_compile(False, CPU_BF16, lora) == (False, "training.compile=false")
-    compiles, why = decide_compile("auto", CPU_BF16, get_method("dora"))
-    assert not compiles and "dora" in why
+    assert not get_method("dora").compiles
+
+
+@pytest.mark.parametrize("name", methods_where(lambda cls: not cls.compiles))
+def test_methods_that_do_not_compile_say_so(name: str) -> None:
+    compiles, why = decide_compile("auto", CPU_BF16, get_method(name))
+    assert not compiles and name in why
     with pytest.raises(ConfigError) as error:
-        decide_compile(True, CPU_BF16, get_method("dora"))
+        decide_compile(True, CPU_BF16, get_method(name))
     assert error.value.where == "training.compile"
 
 

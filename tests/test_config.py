@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from tunekit.config import load_config
+from tunekit.config import dump_config, load_config, load_saved_config
 from tunekit.errors import ConfigError, UserError
+from tunekit.methods import available_methods, check_options_read, get_method
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -97,3 +98,51 @@ def test_gates_saved_as_a_mapping_by_older_runs_still_load(tmp_path):
     assert load_config(write(tmp_path, "eval:\n  gates: {}\n")).eval.gates == []
     with pytest.raises(ConfigError, match=r"eval\.gates"):
         load_config(write(tmp_path, "eval:\n  gates: {accuracy: 'about 0.8'}\n"))
+
+
+# --------------------------------------------- method options: one a method does not read is an error
+
+# A value other than the default for each method option, as a `key=value` override.
+NON_DEFAULT = {"r": "8", "alpha": "8", "dropout": "0.1", "target_modules": "[q_proj]", "num_virtual_tokens": "4",
+               "prompt_init_text": "Answer", "trainable_layers": "1", "quant_type": "fp4", "double_quant": "false"}
+
+
+def test_an_unread_method_option_is_an_error_from_yaml_or_overrides(tmp_path):
+    expected = "method.r: 'ia3' does not read this option (ia3 reads: target_modules; "
+    for cfg in (load_config(write(tmp_path, "method:\n  name: ia3\n  r: 8\n")),
+                load_config(None, ["method.name=ia3", "method.r=8"])):
+        with pytest.raises(ConfigError) as err:
+            check_options_read(get_method(cfg.method.name), cfg.method)
+        assert err.value.render().startswith(expected)
+    check_options_read(get_method("lora"), load_config(None, ["method.r=8"]).method)  # LoRA reads it
+
+
+def test_train_refuses_an_unread_method_option_before_anything_loads(tmp_path, monkeypatch, capsys):
+    from cli_helpers import run_in_process
+
+    config = write(tmp_path, f"run_dir: {tmp_path / 'run'}\nmodel:\n  name: {tmp_path / 'no-model'}\n")
+    code, output = run_in_process(monkeypatch, capsys, "train", config, "method.name=ia3", "method.r=8")
+    assert code == 2 and "Traceback" not in output
+    assert "method.r: 'ia3' does not read this option (ia3 reads: target_modules" in " ".join(output.split())
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_saved_and_starter_configs_pass_the_option_check(tmp_path, monkeypatch, name):
+    """A run's config.yaml lists every method field, defaults included, and a starter config lists the
+    LoRA ones: neither trips the check, whichever method it names."""
+    from typer.testing import CliRunner
+
+    from tunekit.cli.main import app
+
+    method = get_method(name)
+    cfg = load_config(None, [f"method.name={name}", *(f"method.{k}={NON_DEFAULT[k]}" for k in method.options)])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config(cfg), encoding="utf-8")
+    reloaded = load_saved_config(saved)
+    assert reloaded.method == cfg.method
+    assert reloaded.method.model_fields_set == set(type(cfg.method).model_fields)  # every field, as written
+    check_options_read(method, reloaded.method)
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(app, ["init"]).exit_code == 0
+    check_options_read(method, load_config(tmp_path / "tunekit.yaml", [f"method.name={name}"]).method)

@@ -1,35 +1,44 @@
-"""Every registered fine-tuning method: validation against the architecture, apply, a few optimizer steps
-that lower the loss and touch only trainable weights, and PEFT's adapter round trip."""
+"""Every discovered fine-tuning method: validation against the architecture, apply, a few optimizer steps
+that lower the loss and touch only trainable weights, its traits against what it does, and PEFT's adapter
+round trip. The matrix runs over `available_methods()`, so a method added as one file is tested by it, as
+the LoHa plugin below is."""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+import tunekit.methods
 from tunekit.config import MethodConfig
 from tunekit.errors import ConfigError
 from tunekit.methods import (
+    Method,
     ModelArch,
     available_methods,
     check_gradient_checkpointing,
+    check_options_read,
     fix_prompt_learning_generate,
     get_method,
     inspect_architecture,
+    methods_where,
+    registry,
     resolve_target_modules,
 )
 
-PEFT_METHODS = {"lora", "dora", "qlora", "ia3", "prefix", "prompt"}
+PEFT_METHODS = methods_where(lambda cls: cls.uses_peft)
 
 
 @pytest.fixture(autouse=True)
 def _quiet() -> Any:
-    # transformers 5 deprecation chatter from PEFT's `past_key_values` (see methods/peft_generate.py).
+    # transformers 5 deprecation chatter from PEFT's `past_key_values` (see methods/_peft_generate.py).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         yield
@@ -79,14 +88,28 @@ def train(model: torch.nn.Module, inputs: dict[str, torch.Tensor], steps: int, l
 # ------------------------------------------------------------------------------------------------ registry
 
 
-def test_registry_lists_all_methods() -> None:
-    assert available_methods() == sorted(
-        ["full", "lora", "dora", "qlora", "ia3", "prefix", "prompt", "freeze"]
-    )
+def test_every_public_module_of_the_package_is_a_registered_method() -> None:
+    package = Path(tunekit.methods.__file__).parent
+    modules = {p.stem for p in package.glob("*.py") if not p.stem.startswith("_")} - set(registry.NOT_METHODS)
+    # Each built-in module is named after its method, and nothing registers from anywhere else.
+    assert modules == set(available_methods())
+    assert {"full", "lora", "dora", "qlora", "ia3", "prefix", "prompt", "freeze"} <= modules  # the README's
     for name in available_methods():
         method = get_method(name)
-        assert method.name == name
-        assert method.uses_peft == (name in PEFT_METHODS)
+        assert method.name == name and type(method).__module__ == f"tunekit.methods.{name}"
+        assert set(method.options) <= set(MethodConfig.model_fields) - {"name"}
+
+
+def test_register_refuses_bad_names_options_and_clashes() -> None:
+    def method(name: str, options: tuple[str, ...] = ()) -> type[Method]:
+        return type("Bad", (get_method("full").__class__,), {"name": name, "options": options})
+
+    with pytest.raises(ValueError, match="lower-case identifier"):
+        registry.register(method("Lo-Ra"))
+    with pytest.raises(ValueError, match=r"\['rank'\] are not MethodConfig fields"):
+        registry.register(method("fine", ("rank",)))
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register(method("lora"))
 
 
 def test_unknown_method_lists_available() -> None:
@@ -121,15 +144,41 @@ def test_defaults_validate(name: str, arch: ModelArch) -> None:
     get_method(name).validate(MethodConfig(name=name), arch)
 
 
+class RecordedOptions:
+    """A MethodConfig that notes which fields the method reads."""
+
+    def __init__(self, opts: MethodConfig):
+        self.opts, self.read = opts, set()
+
+    def __getattr__(self, key: str) -> Any:
+        self.read.add(key)
+        return getattr(self.opts, key)
+
+
 @pytest.mark.parametrize("name", available_methods())
 def test_trains_only_trainable_params(name: str, tiny_model_dir: Path) -> None:
-    opts = MethodConfig(name=name, dropout=0.0) if name == "qlora" else MethodConfig(name=name)
-    model, _ = prepared(tiny_model_dir, opts)
-    method = get_method(name)
-    if method.uses_peft:
-        from peft import PeftModel
+    check_trains_only_trainable_params(name, tiny_model_dir)
 
-        assert isinstance(model, PeftModel)
+
+def check_trains_only_trainable_params(name: str, model_dir: Path) -> None:
+    """The matrix every method runs: its traits describe what it does, and a few steps lower the loss
+    while touching only the parameters it made trainable."""
+    from peft import PeftModel
+
+    method = get_method(name)
+    opts = RecordedOptions(MethodConfig(name=name, dropout=0.0) if name == "qlora" else MethodConfig(name=name))
+    arch = inspect_architecture(model_dir)
+    method.validate(opts, arch)
+    torch.manual_seed(0)
+    base = load(model_dir, opts)
+    base_params = {id(p) for p in base.parameters()}
+    model = method.apply(base, opts, arch)
+    assert opts.read - {"name"} == set(method.options), f"{name} reads {sorted(opts.read)}"
+    assert isinstance(model, PeftModel) == method.uses_peft
+    prompt_learning = getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
+    assert prompt_learning == method.prompt_learning
+    trainable_base = [p for p in model.parameters() if p.requires_grad and id(p) in base_params]
+    assert bool(trainable_base) == method.trains_base_weights
     stats = method.describe(model)
     assert 0 < stats["trainable_params"] <= stats["total_params"]
     assert stats["trainable_percent"] == pytest.approx(
@@ -151,8 +200,12 @@ def test_trains_only_trainable_params(name: str, tiny_model_dir: Path) -> None:
         assert trainable == set(before)
 
 
-@pytest.mark.parametrize("name", sorted(PEFT_METHODS))
+@pytest.mark.parametrize("name", PEFT_METHODS)
 def test_adapter_round_trip(name: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    check_adapter_round_trip(name, tiny_model_dir, tmp_path)
+
+
+def check_adapter_round_trip(name: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     from peft import PeftModel
 
     opts = MethodConfig(name=name)
@@ -198,7 +251,7 @@ def test_lora_targets_all_linear_but_head(arch: ModelArch, tiny_model_dir: Path)
 def test_lora_dropout_is_the_fast_mask_with_dropout_semantics(tiny_model_dir: Path) -> None:
     from torch.utils.checkpoint import checkpoint
 
-    from tunekit.methods.dropout import FastDropout
+    from tunekit.methods._dropout import FastDropout
 
     model, _ = prepared(tiny_model_dir, MethodConfig(name="lora", r=4))
     swapped = [m for m in model.modules() if isinstance(m, FastDropout)]
@@ -274,7 +327,7 @@ def test_qlora_quantizes_to_4bit(tiny_model_dir: Path) -> None:
     assert config.bnb_4bit_compute_dtype == torch.bfloat16
     model, _ = prepared(tiny_model_dir, MethodConfig(name="qlora"))
     q_proj = model.get_base_model().model.layers[0].self_attn.q_proj
-    assert type(q_proj.base_layer).__name__ == "TrainableLinear4bit"  # methods/linear4bit.py
+    assert type(q_proj.base_layer).__name__ == "TrainableLinear4bit"  # methods/_linear4bit.py
     stats = get_method("qlora").describe(model)
     # 4-bit weights count at their real parameter number, not their packed byte count
     base_params = sum(p.numel() for p in load(tiny_model_dir, MethodConfig()).parameters())
@@ -317,7 +370,7 @@ def linear4bit(nested: bool, rows: int = 32, cols: int = 64) -> torch.nn.Module:
 
 @pytest.mark.parametrize("nested", [True, False])
 def test_trainable_4bit_layer_computes_what_bitsandbytes_does(nested: bool) -> None:
-    from tunekit.methods.linear4bit import TrainableLinear4bit, make_trainable
+    from tunekit.methods._linear4bit import TrainableLinear4bit, make_trainable
 
     layer = linear4bit(nested)
     x = torch.randn(3, 7, 64, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(3), requires_grad=True)
@@ -339,7 +392,7 @@ def test_compiled_4bit_layer_is_cacheable() -> None:
     """bitsandbytes' autograd.Function made AOTAutograd skip its cache, so every QLoRA run recompiled."""
     from torch._dynamo.utils import counters
 
-    from tunekit.methods.linear4bit import make_trainable
+    from tunekit.methods._linear4bit import make_trainable
 
     layer = linear4bit(nested=True)
     make_trainable(torch.nn.Sequential(layer))
@@ -353,7 +406,7 @@ def test_compiled_4bit_layer_is_cacheable() -> None:
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["prefix", "prompt"])
+@pytest.mark.parametrize("name", methods_where(lambda cls: cls.prompt_learning))
 def test_prompt_learning_generate_uses_the_adapter(name: str, tiny_model_dir: Path) -> None:
     """Regression for transformers 5 (`cache` kwarg) + PEFT 0.21: generate() with the KV cache must match
     a cache-free greedy decode of the adapted model, and differ from the base model."""
@@ -388,21 +441,25 @@ def test_prompt_learning_generate_uses_the_adapter(name: str, tiny_model_dir: Pa
 # ------------------------------------------------------------------------------------------ validation
 
 
-def test_rank_zero_rejected(arch: ModelArch) -> None:
-    for name in ("lora", "dora", "qlora"):
-        with pytest.raises(ConfigError) as info:
-            get_method(name).validate(MethodConfig(name=name, r=0), arch)
-        assert info.value.where == "method.r"
-        assert "0" in str(info.value)
+def reading(option: str) -> list[str]:
+    return methods_where(lambda cls: option in cls.options)
 
 
-def test_unknown_target_module_lists_real_ones(arch: ModelArch) -> None:
-    for name in ("lora", "dora", "qlora", "ia3"):
-        with pytest.raises(ConfigError) as info:
-            get_method(name).validate(MethodConfig(name=name, target_modules=["q_proj", "qkv"]), arch)
-        assert info.value.where == "method.target_modules"
-        message = str(info.value)
-        assert "qkv" in message and "q_proj" in message and "down_proj" in message
+@pytest.mark.parametrize("name", reading("r"))
+def test_rank_zero_rejected(name: str, arch: ModelArch) -> None:
+    with pytest.raises(ConfigError) as info:
+        get_method(name).validate(MethodConfig(name=name, r=0), arch)
+    assert info.value.where == "method.r"
+    assert "0" in str(info.value)
+
+
+@pytest.mark.parametrize("name", reading("target_modules"))
+def test_unknown_target_module_lists_real_ones(name: str, arch: ModelArch) -> None:
+    with pytest.raises(ConfigError) as info:
+        get_method(name).validate(MethodConfig(name=name, target_modules=["q_proj", "qkv"]), arch)
+    assert info.value.where == "method.target_modules"
+    message = str(info.value)
+    assert "qkv" in message and "q_proj" in message and "down_proj" in message
 
 
 def test_freeze_too_many_layers_names_layer_count(arch: ModelArch) -> None:
@@ -414,7 +471,7 @@ def test_freeze_too_many_layers_names_layer_count(arch: ModelArch) -> None:
         get_method("freeze").validate(MethodConfig(name="freeze", trainable_layers=0), arch)
 
 
-@pytest.mark.parametrize("name", ["prefix", "prompt"])
+@pytest.mark.parametrize("name", reading("num_virtual_tokens"))
 def test_virtual_tokens_positive(name: str, arch: ModelArch) -> None:
     with pytest.raises(ConfigError) as info:
         get_method(name).validate(MethodConfig(name=name, num_virtual_tokens=0), arch)
@@ -437,20 +494,24 @@ def test_prefix_rejects_architectures_without_kv_cache(arch: ModelArch) -> None:
         assert "prefix tuning does not work" in str(info.value)
 
 
-def test_gradient_checkpointing_compatibility(tiny_model_dir: Path) -> None:
-    """Prefix tuning under checkpointing loses its cache in transformers 5 and crashes: reject it up front.
-    The others train with checkpointing on."""
-    with pytest.raises(ConfigError) as info:
-        check_gradient_checkpointing(get_method("prefix"), True)
-    assert info.value.where == "training.gradient_checkpointing"
-    check_gradient_checkpointing(get_method("prefix"), False)
-    for name in ["lora", "prompt", "freeze"]:
-        check_gradient_checkpointing(get_method(name), True)
-        model, _ = prepared(tiny_model_dir, MethodConfig(name=name))
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if name != "freeze":  # PEFT-frozen embeddings: inputs must carry grad into checkpointed layers
-            model.enable_input_require_grads()
-        train(model, batch(512), steps=1)
+def test_prefix_cannot_train_with_gradient_checkpointing() -> None:
+    """Prefix tuning under checkpointing loses its cache in transformers 5 and crashes: reject it up front."""
+    assert not get_method("prefix").supports_gradient_checkpointing
+    for name in methods_where(lambda cls: not cls.supports_gradient_checkpointing):
+        with pytest.raises(ConfigError) as info:
+            check_gradient_checkpointing(get_method(name), True)
+        assert info.value.where == "training.gradient_checkpointing"
+        check_gradient_checkpointing(get_method(name), False)
+
+
+@pytest.mark.parametrize("name", methods_where(lambda cls: cls.supports_gradient_checkpointing))
+def test_trains_with_gradient_checkpointing(name: str, tiny_model_dir: Path) -> None:
+    check_gradient_checkpointing(get_method(name), True)
+    model, _ = prepared(tiny_model_dir, MethodConfig(name=name))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if get_method(name).uses_peft:  # PEFT-frozen embeddings: inputs must carry grad into checkpointed layers
+        model.enable_input_require_grads()
+    train(model, batch(512), steps=1)
 
 
 def test_qlora_without_bitsandbytes_says_how_to_install(
@@ -467,6 +528,150 @@ def test_qlora_without_bitsandbytes_says_how_to_install(
     assert "pip install 'tunekit[qlora]'" in str(info.value)
 
 
+def test_default_learning_rates() -> None:
+    """Adapters start from zero and take large steps; the model's own weights need small ones."""
+    assert get_method("full").default_learning_rate == 2e-5
+    assert get_method("freeze").default_learning_rate == 5e-5
+    assert all(get_method(name).default_learning_rate == 2e-4 for name in PEFT_METHODS)
+
+
+# --------------------------------------------------------------------------- options a method does not read
+
+# A valid value other than the default for every MethodConfig field but `name`.
+NON_DEFAULT = {"r": 8, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj"], "num_virtual_tokens": 4,
+               "prompt_init_text": "Answer:", "trainable_layers": 1, "quant_type": "fp4", "double_quant": False}
+
+
+def test_non_default_values_cover_every_option() -> None:
+    assert set(NON_DEFAULT) == set(MethodConfig.model_fields) - {"name"}
+    assert all(getattr(MethodConfig(), key) != value for key, value in NON_DEFAULT.items())
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_an_option_the_method_does_not_read_is_an_error(name: str) -> None:
+    method = get_method(name)
+    check_options_read(method, MethodConfig(name=name, **{k: NON_DEFAULT[k] for k in method.options}))
+    # Set to its default, a key changes nothing: a saved run's config.yaml lists every field that way.
+    check_options_read(method, MethodConfig(name=name, **MethodConfig().model_dump(exclude={"name"})))
+    for key in sorted(set(NON_DEFAULT) - set(method.options)):
+        with pytest.raises(ConfigError) as info:
+            check_options_read(method, MethodConfig(name=name, **{key: NON_DEFAULT[key]}))
+        assert info.value.where == f"method.{key}"
+        assert f"'{name}' does not read this option" in str(info.value)
+        assert all(option in str(info.value) for option in method.options)
+
+
+def test_unread_options_are_named_with_what_the_method_reads() -> None:
+    with pytest.raises(ConfigError) as info:
+        check_options_read(get_method("ia3"), MethodConfig(name="ia3", r=8, alpha=4))
+    assert info.value.render() == ("method.alpha, method.r: 'ia3' does not read these options (ia3 reads: "
+                                   "target_modules; remove them, or choose a method that reads them)")
+    with pytest.raises(ConfigError) as info:
+        check_options_read(get_method("full"), MethodConfig(name="full", dropout=0.0))
+    assert "full reads no method.* option but name" in str(info.value)
+
+
+def test_a_training_run_checks_its_method_once(tmp_path: Path, tiny_model_dir: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`tunekit train` checks the method before it starts training, and training reuses that check: one
+    architecture inspection (a meta-device model build) per run."""
+    from cli_helpers import run_in_process as run_cli
+    from train_helpers import make_project
+
+    inspected = []
+    real = tunekit.methods.inspect_architecture
+    monkeypatch.setattr(tunekit.methods, "inspect_architecture", lambda *a, **k: inspected.append(a) or real(*a, **k))
+    code, output = run_cli(monkeypatch, capsys, "train", make_project(tmp_path, tiny_model_dir), "training.max_steps=1")
+    assert code == 0, output[-2000:]
+    assert len(inspected) == 1
+
+
+# ------------------------------------------------------------------------------ a method added as one file
+
+LOHA = '''
+"""LoHa (Hyeon-Woo et al. 2022): PEFT's low-rank Hadamard-product adapters."""
+
+from __future__ import annotations
+
+import torch
+
+from tunekit.config import MethodConfig
+from tunekit.methods.base import Method, ModelArch, resolve_target_modules
+from tunekit.methods.lora import validate_lora, wrap
+from tunekit.methods.registry import register
+
+
+@register
+class LoHa(Method):
+    name = "loha"
+    summary = "low-rank Hadamard-product adapters"
+    options = ("r", "alpha", "target_modules")
+    uses_peft = True
+
+    def validate(self, opts: MethodConfig, arch: ModelArch) -> None:
+        validate_lora(opts, arch)
+
+    def apply(self, model: torch.nn.Module, opts: MethodConfig, arch: ModelArch) -> torch.nn.Module:
+        from peft import LoHaConfig, TaskType
+
+        targets = resolve_target_modules(opts, arch)
+        return wrap(model, LoHaConfig(task_type=TaskType.CAUSAL_LM, r=opts.r, alpha=opts.alpha, target_modules=targets))
+'''
+
+
+@pytest.fixture(params=["package", "entry_point"])
+def loha_plugin(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """LoHa as one file, discoverable either way a method can be: as a module of the `tunekit.methods`
+    package (its search path extended, so nothing is written into src/) or as an installed package's
+    `tunekit.methods` entry point (a dist-info folder on sys.path, as pip would write it). Discovery runs
+    again into a copy of the registry, so the method is gone after the test."""
+    folder = tmp_path / "plugin"
+    folder.mkdir()
+    if request.param == "package":
+        module = "tunekit.methods.loha"
+        (folder / "loha.py").write_text(LOHA, encoding="utf-8")
+        monkeypatch.setattr(tunekit.methods, "__path__", [*tunekit.methods.__path__, str(folder)])
+    else:
+        module = "tunekit_loha_plugin"
+        (folder / f"{module}.py").write_text(LOHA, encoding="utf-8")
+        info = folder / f"{module}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n", encoding="utf-8")
+        (info / "entry_points.txt").write_text(f"[tunekit.methods]\nloha = {module}\n", encoding="utf-8")
+        monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry, "_discovered", False)
+    try:
+        yield module
+    finally:
+        sys.modules.pop(module, None)
+        vars(tunekit.methods).pop("loha", None)
+
+
+def test_a_method_added_as_one_file_runs_the_matrix(loha_plugin: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert "loha" in available_methods() and type(get_method("loha")).__module__ == loha_plugin
+    check_trains_only_trainable_params("loha", tiny_model_dir)
+    check_adapter_round_trip("loha", tiny_model_dir, tmp_path / "adapter")
+    with pytest.raises(ConfigError, match="loha reads: r, alpha, target_modules"):
+        check_options_read(get_method("loha"), MethodConfig(name="loha", dropout=0.0))
+
+
+@pytest.mark.parametrize("loha_plugin", ["entry_point"], indirect=True)  # the package route trains the same
+def test_a_method_added_as_one_file_trains_in_a_run(loha_plugin: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from train_helpers import make_project, run_in_process
+
+    _, result = run_in_process(make_project(tmp_path, tiny_model_dir), "method.name=loha", "method.r=4",
+                               "training.max_steps=2")
+    assert result["state"].step == 2
+    assert json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LOHA"
+
+
+def test_no_plugin_is_left_behind() -> None:
+    assert "loha" not in available_methods()
+    assert not (Path(tunekit.methods.__file__).parent / "loha.py").exists()
+
+
 # ------------------------------------------------------------------------------------------------- slow
 
 
@@ -476,7 +681,7 @@ def test_methods_on_smollm2(smollm2_dir: Path, capsys: pytest.CaptureFixture[str
     assert (arch.num_layers, arch.hidden_size) == (30, 576)
     inputs = batch(arch.vocab_size, rows=2, length=32)
     report = []
-    for name in ["lora", "qlora", "prefix", "prompt", "ia3", "dora"]:
+    for name in PEFT_METHODS:
         start = time.perf_counter()
         model, _ = prepared(smollm2_dir, MethodConfig(name=name))
         loaded = time.perf_counter()

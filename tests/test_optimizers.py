@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from train_helpers import make_project, read_metrics, run_in_process
+from tunekit.methods import get_method
 from tunekit.train.optimizers import CompactAdamW, resolve_optimizer, stochastic_round, store_trained_weights_in
 
 
@@ -98,13 +99,15 @@ def test_bf16_weights_give_nearly_the_forward_of_fp32_weights_under_autocast(tin
 
 def test_auto_picks_bf16_state_only_for_whole_weights_in_bf16_on_one_process(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert resolve_optimizer("auto", "full", torch.bfloat16) == "adamw_bf16"
-    assert resolve_optimizer("auto", "freeze", torch.bfloat16) == "adamw_bf16"
-    assert resolve_optimizer("auto", "lora", torch.bfloat16) == "adamw"
-    assert resolve_optimizer("auto", "full", torch.float32) == "adamw"
-    assert resolve_optimizer("adamw", "full", torch.bfloat16) == "adamw"
+    assert resolve_optimizer("auto", True, torch.bfloat16) == "adamw_bf16"
+    assert resolve_optimizer("auto", False, torch.bfloat16) == "adamw"
+    assert resolve_optimizer("auto", True, torch.float32) == "adamw"
+    assert resolve_optimizer("adamw", True, torch.bfloat16) == "adamw"
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert resolve_optimizer("auto", "full", torch.bfloat16) == "adamw"
+    assert resolve_optimizer("auto", True, torch.bfloat16) == "adamw"
+    # The methods that train the model's own weights: test_methods.py checks the trait against what each does.
+    assert get_method("full").trains_base_weights and get_method("freeze").trains_base_weights
+    assert not get_method("lora").trains_base_weights
 
 
 def test_full_fine_tuning_with_bf16_state_resumes_exactly_and_saves_fp32(tmp_path, tiny_model_dir):

@@ -6,12 +6,15 @@ import signal
 import subprocess
 import time
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from cli_helpers import started
 from train_helpers import TUNEKIT, make_project, read_metrics, run_in_process, tunekit
 from tunekit.errors import ConfigError
+from tunekit.methods import available_methods, get_method
 from tunekit.train.loop import TrainingStopped
 
 
@@ -47,14 +50,14 @@ def test_lora_run_folder_is_complete_and_peft_loadable(tmp_path, tiny_model_dir)
     assert str(run) in result.stdout
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "freeze"])
+@pytest.mark.parametrize("method", available_methods())
 def test_every_method_trains(tmp_path, tiny_model_dir, method):
     config = make_project(tmp_path, tiny_model_dir)
-    _, result = run_in_process(
-        config, f"method.name={method}", "training.max_steps=4", "method.trainable_layers=1"
-    )
+    # One of the tiny model's two layers, for the methods that train the last N.
+    layers = ["method.trainable_layers=1"] if "trainable_layers" in get_method(method).options else []
+    _, result = run_in_process(config, f"method.name={method}", "training.max_steps=4", *layers)
     assert result["state"].step == 4
-    assert (tmp_path / "run" / ("model" if method in ("full", "freeze") else "adapter")).is_dir()
+    assert (tmp_path / "run" / ("adapter" if get_method(method).uses_peft else "model")).is_dir()
 
 
 def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path, tiny_model_dir):
@@ -62,14 +65,14 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path, tiny_model_di
     straight = make_project(tmp_path / "a", tiny_model_dir, extra="  save_every: 5\n")
     assert tunekit("train", str(straight), steps).returncode == 0
     killed = make_project(tmp_path / "b", tiny_model_dir, extra="  save_every: 5\n")
-    proc = subprocess.Popen([TUNEKIT, "train", str(killed), steps], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=os.environ.copy())
     checkpoints = tmp_path / "b" / "run" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(int(p.name[5:]) >= 10 for p in checkpoints.glob("step-*")):
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with started([TUNEKIT, "train", str(killed), steps], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                 env=os.environ.copy()) as proc:
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(int(p.name[5:]) >= 10 for p in checkpoints.glob("step-*")):
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     assert not (tmp_path / "b" / "run" / "summary.json").exists(), "the run finished before it was killed"
     resumed = tunekit("train", str(killed), steps, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -102,20 +105,45 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_
     assert "step-000006" in names and not any(n > "step-000006" for n in names)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir):
+# Started as from a terminal, and as from a background job or CI runner (SIGINT inherited as ignored, which
+# Python keeps unless tunekit installs its own handler); SIGTERM as from `kill`, docker or a scheduler.
+@pytest.mark.parametrize(("signum", "ignore_sigint"), [(signal.SIGINT, False), (signal.SIGINT, True),
+                                                       (signal.SIGTERM, True)], ids=["ctrl-c", "sigint-ignored",
+                                                                                     "sigterm"])
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir, signum, ignore_sigint):
     config = make_project(tmp_path, tiny_model_dir, extra="  save_every: 3\n")
-    proc = subprocess.Popen([TUNEKIT, "train", str(config), "training.max_steps=100000"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     checkpoints = tmp_path / "run" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    with started([TUNEKIT, "train", str(config), "training.max_steps=100000"], ignore_sigint=ignore_sigint,
+                 env=os.environ.copy()) as proc:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err[-2000:]
     assert "interrupted at step" in err and "Traceback" not in err
     step = int(err.split("interrupted at step ")[1].split(";")[0])
     assert (checkpoints / f"step-{step:06d}" / "trainable.safetensors").is_file()
+
+
+def test_sigterm_stops_every_training_process_after_a_checkpoint(tmp_path, tiny_model_dir):
+    """Several processes: the signal reaches the workers through the launcher, once; none outlives the run."""
+    config = make_project(tmp_path, tiny_model_dir, extra="  save_every: 3\n")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    with started([TUNEKIT, "train", str(config), "training.max_steps=100000", "--num-processes", "2"],
+                 ignore_sigint=True, env=os.environ.copy()) as proc:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+            time.sleep(0.05)
+        run = psutil.Process(proc.pid).children(recursive=True)  # the launcher and its two workers
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert len(run) == 3, [p.cmdline() for p in run]
+    assert not psutil.wait_procs(run, timeout=5)[1], "a training process outlived `tunekit train`"
+    assert proc.returncode == 1, err[-3000:]
+    # Each worker reports the step it stopped at; the main one saved the checkpoint of its own.
+    steps = [int(part.split(";")[0]) for part in err.split("interrupted at step ")[1:]]
+    assert any((checkpoints / f"step-{step:06d}" / "trainable.safetensors").is_file() for step in steps), err[-3000:]
 
 
 def test_early_stopping(tmp_path, tiny_model_dir, monkeypatch):
@@ -175,7 +203,7 @@ def test_bad_method_options_fail_before_loading(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["full", "lora", "qlora", "dora", "ia3", "prefix", "prompt", "freeze"])
+@pytest.mark.parametrize("method", available_methods())
 def test_every_method_trains_the_real_model(tmp_path, smollm2_dir, method):
     config = make_project(tmp_path, smollm2_dir, n=60)
     # The benchmark's methods train as a user gets them (training.compile=auto: compiled layers on this CPU);

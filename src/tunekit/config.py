@@ -7,6 +7,7 @@ the allowed ones instead of a setting that silently does nothing.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,19 +103,21 @@ class DataConfig(Section):
 
 
 class MethodConfig(Section):
-    """Options of every method in one flat section (so `method.r=8` works); each method validates the
-    ones it uses, against the real model's architecture, before any weights load."""
+    """Options of every method in one flat section (so `method.r=8` works). Each method declares the ones it
+    reads (`Method.options`) and validates them against the real model's architecture before any weights
+    load; a key set for a method that does not read it is an error there (methods.check_options_read)."""
 
-    name: str = Field("lora", description="full, lora, qlora, dora, ia3, prefix, prompt, freeze")
-    r: int = Field(16, description="LoRA/DoRA/QLoRA rank")
-    alpha: int = Field(32, description="LoRA scaling numerator (scale = alpha / r)")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # The one method named outside tunekit.methods: a config needs a default.
+    name: str = Field("lora", description="a module of tunekit.methods; an unknown name lists them all")
+    r: int = Field(16, description="adapter rank")
+    alpha: int = Field(32, description="adapter scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapters' input")
     target_modules: list[str] | str = Field("all-linear", description="module names, or all-linear")
-    num_virtual_tokens: int = Field(20, description="prefix and prompt tuning: virtual tokens")
-    prompt_init_text: str | None = Field(None, description="prompt tuning: initialise from this text")
-    trainable_layers: int = Field(2, description="freeze: train only the last N decoder layers")
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
+    num_virtual_tokens: int = Field(20, description="prompt learning: virtual tokens")
+    prompt_init_text: str | None = Field(None, description="prompt learning: initialise from this text")
+    trainable_layers: int = Field(2, description="train only the last N decoder layers")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit base weights: data type")
+    double_quant: bool = Field(True, description="4-bit base weights: quantize the quantization constants too")
 
 
 class TrainingConfig(Section):
@@ -122,14 +125,15 @@ class TrainingConfig(Section):
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(4, ge=1, description="examples per micro-batch, per process")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    learning_rate: float | None = Field(None, gt=0, description="default: 2e-4 for adapters, 2e-5 for full")
+    learning_rate: float | None = Field(None, gt=0, description="default: the method's (2e-4 for adapters, "
+                                         "less where the model's own weights train)")
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     optimizer: Literal["auto", "adamw", "adamw_bf16", "adamw_8bit"] = Field(
         "auto", description="adamw: fp32 state; adamw_bf16: bf16 state and compensated bf16 weights, half the "
         "memory of weights and state; adamw_8bit: 8-bit state (bitsandbytes), slow on CPU; auto: adamw_bf16 "
-        "for full and freeze in bf16 on one process, adamw otherwise",
+        "where the method trains the model's own weights, in bf16 on one process, adamw otherwise",
     )
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 42
@@ -196,31 +200,29 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         raw = _read_yaml(path)
         base_dir = path.resolve().parent
     for item in overrides:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     return validate_config(raw, base_dir=base_dir, source=str(path) if path else "<overrides>")
 
 
-def load_saved_config(path: Path, *, say: Any = None) -> ProjectConfig:
-    """A config that tunekit wrote (RUN/config.yaml, RUN/data/config.yaml). Unlike a user's config, keys
-    this version does not know are not an error: another tunekit version wrote them. Each is named in a
-    warning and dropped; any other invalid value still fails."""
+def load_saved_config(path: Path, overrides: Sequence[str] = (), *, say: Any = None) -> ProjectConfig:
+    """A config that tunekit wrote (RUN/config.yaml, RUN/data/config.yaml), with the user's `key=value`
+    overrides on top. Unlike a user's config, keys this version does not know are not an error: another
+    tunekit version wrote them. Each is named in one warning (once per process) and dropped; overrides and
+    every other value are checked as strictly as ever."""
     raw = _read_yaml(path)
-    try:
-        return validate_config(raw, base_dir=path.resolve().parent, source=str(path))
-    except ConfigError as error:
-        unknown = _unknown_keys(raw)
-        if not unknown:
-            raise
-        cause = error
-    warn = say or _warn_on_stderr
-    for loc in unknown:
-        warn(f"{path}: ignoring '{'.'.join(loc)}', a key this tunekit version does not know "
-             "(the run was written by another version)")
+    for loc in _unknown_keys(raw):
+        if (str(path), loc) not in _WARNED:
+            _WARNED.add((str(path), loc))
+            (say or _warn_on_stderr)(f"{path}: ignoring '{'.'.join(loc)}', a key this tunekit version does not "
+                                     "know (the run was written by another version)")
         _drop_key(raw, loc)
-    try:
-        return validate_config(raw, base_dir=path.resolve().parent, source=str(path))
-    except ConfigError:
-        raise cause from None
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_config(raw, base_dir=path.resolve().parent, source=str(path))
+
+
+# (path, key) pairs already warned about: a server loads a run's config more than once at start.
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()
 
 
 def _unknown_keys(raw: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -274,7 +276,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override '{item}' is not key=value", fix="e.g. training.learning_rate=1e-4")

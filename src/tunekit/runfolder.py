@@ -8,7 +8,8 @@
       merged/            an adapter folded into its base model (`tunekit merge`)
       tokenizer/         the tokenizer with the chat template training used
       checkpoints/       resumable training state
-      data/              `tunekit data prepare`: the splits, splits.json, data_report.{md,json}, config.yaml
+      data/              `tunekit data prepare`: the splits, splits.json, data_report.{md,json}, token_lengths.png,
+                         config.yaml
       eval/              `tunekit eval`: eval.json, predictions/<candidate>.jsonl, report.{md,html}, plots/
       model_card.md      `tunekit risk`
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +29,7 @@ from tunekit.config import ProjectConfig, load_saved_config
 from tunekit.errors import UserError
 
 if TYPE_CHECKING:
-    from tunekit.results import EvalResult
+    from tunekit.results import EvalResult, PredictionRow
 
 SPLITS = ("train", "validation", "test")
 WEIGHT_FOLDERS = ("adapter", "model", "merged")
@@ -99,24 +101,28 @@ class RunFolder:
     def data_dir(self) -> Path:
         return self.root / "data"
 
+    @property
+    def data(self) -> DataFolder:
+        return DataFolder(self.data_dir)
+
     def split_path(self, name: str) -> Path:
-        return self.data_dir / f"{name}.jsonl"
+        return self.data.split_path(name)
 
     @property
     def splits_manifest_path(self) -> Path:
-        return self.data_dir / "splits.json"
+        return self.data.splits_manifest_path
 
     @property
     def data_config_path(self) -> Path:
-        return self.data_dir / "config.yaml"
+        return self.data.config_path
 
     @property
     def data_report_json(self) -> Path:
-        return self.data_dir / "data_report.json"
+        return self.data.report_json
 
     @property
     def data_report_md(self) -> Path:
-        return self.data_dir / "data_report.md"
+        return self.data.report_md
 
     # -- what `eval` and `risk` write ------------------------------------------------------------------
     @property
@@ -129,13 +135,14 @@ class RunFolder:
         return self.root / "model_card.md"
 
     # -- typed readers ---------------------------------------------------------------------------------
-    def config(self, *, say: Any = None) -> ProjectConfig:
-        """The saved config. Keys this tunekit does not know (a newer or older version wrote them) are
-        warned about one by one and ignored, so a run stays evaluable and servable across versions."""
+    def config(self, overrides: Sequence[str] = (), *, say: Any = None) -> ProjectConfig:
+        """The saved config, with `key.sub=value` overrides on top. Keys this tunekit does not know (a newer
+        or older version wrote them) are warned about one by one and ignored, so a run stays evaluable and
+        servable across versions; an unknown key in `overrides` is the user's typo and still fails."""
         if not self.config_path.is_file():
             raise UserError("not a tunekit run: no config.yaml", where=str(self.root),
                             fix="pass the run folder that `tunekit train` printed")
-        return load_saved_config(self.config_path, say=say)
+        return load_saved_config(self.config_path, overrides, say=say)
 
     def manifest(self) -> dict[str, Any] | None:
         return read_json(self.manifest_path)
@@ -175,6 +182,40 @@ class RunFolder:
 
 
 @dataclass(frozen=True)
+class DataFolder:
+    """What `tunekit data prepare` writes: RUN/data, or the staging folder that becomes it atomically."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def split_path(self, name: str) -> Path:
+        return self.root / f"{name}.jsonl"
+
+    @property
+    def splits_manifest_path(self) -> Path:
+        """Inputs' and splits' SHA-256, rows per split and the split seed."""
+        return self.root / "splits.json"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / "data_report.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "data_report.md"
+
+    @property
+    def lengths_plot(self) -> Path:
+        return self.root / "token_lengths.png"
+
+
+@dataclass(frozen=True)
 class EvalFolder:
     """What `tunekit eval` writes: RUN/eval by default, or `eval.out_dir`."""
 
@@ -211,6 +252,13 @@ class EvalFolder:
         from tunekit.results import EvalResult
 
         return EvalResult.read(self.result_path) if self.result_path.is_file() else None
+
+    def predictions(self, candidate: str, limit: int | None = None) -> list[PredictionRow]:
+        """The candidate's per-row answers written here, the first `limit` of them ([] when there are none)."""
+        from tunekit.results import read_predictions
+
+        path = self.predictions_path(candidate)
+        return read_predictions(path, limit) if path.is_file() else []
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

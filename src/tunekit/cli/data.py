@@ -13,6 +13,7 @@ from rich.table import Table
 from tunekit.config import DATA_FORMATS, ProjectConfig, load_config
 from tunekit.console import console, err_console
 from tunekit.data.problems import Problems
+from tunekit.runfolder import DataFolder
 
 app = typer.Typer(help="Check, prepare and preview training data.", no_args_is_help=True)
 
@@ -119,7 +120,8 @@ def prepare(
     dropped = ", ".join(f"{k} {v}" for k, v in result.dropped.items() if v) or "none"
     console.print(f"read {result.rows_read} rows; dropped: {dropped}; redacted PII in {result.redacted}")
     console.print(f"splits: {counts}")
-    console.print(f"wrote {folder} (data_report.md, data_report.json, token_lengths.png)")
+    data = DataFolder(folder)
+    console.print(f"wrote {folder} ({data.report_md.name}, {data.report_json.name}, {data.lengths_plot.name})")
 
 
 @app.command("preview")

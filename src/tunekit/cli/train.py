@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -11,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from tunekit.config import load_config
 from tunekit.console import console, err_console
 from tunekit.errors import UserError
+from tunekit.runfolder import RunFolder
 
 
 def train(
@@ -30,7 +30,9 @@ def train(
     cfg = load_config(config, overrides)
     from tunekit.train.setup import validate_method
 
-    validate_method(cfg)  # bad method options fail here, before any process or weights load
+    # Bad method options fail here, before any process or weights load. One process trains with this result;
+    # several each check again in their own process (they have to inspect the architecture themselves).
+    validated = validate_method(cfg)
     if num_processes > 1 or accelerate_config is not None:
         from tunekit.train.launch import launch
         from tunekit.train.setup import prepare_once
@@ -44,12 +46,13 @@ def train(
         from tunekit.train.trainer import train as run_training
 
         with ProgressBar() as progress:
-            run_training(cfg, say=lambda msg: err_console.print(msg, highlight=False), progress=progress)
+            run_training(cfg, say=lambda msg: err_console.print(msg, highlight=False), progress=progress,
+                         validated=validated)
     _report(cfg.run_path(), reproduce)
 
 
 def _reproduce_overrides(run: Path) -> list[str]:
-    if not (run / "manifest.json").is_file():
+    if not RunFolder(run).manifest_path.is_file():
         raise UserError("not a finished tunekit run (no manifest.json)", where=str(run))
     return [f"run_dir={run.resolve()}-reproduce", "training.resume=never"]
 
@@ -73,10 +76,9 @@ class ProgressBar(Progress):
 
 
 def _report(run_dir: Path, reproduce: Path | None) -> None:
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
+    summary = RunFolder(run_dir).summary()
+    if summary is None:
         return
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
     console.print(
         f"trained {summary['method']} for {summary['steps']} steps: train loss {summary['final_train_loss']}, "
         f"validation loss {summary['final_val_loss']}, {summary['useful_tokens_per_s']} useful tokens/s, "

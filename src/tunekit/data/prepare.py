@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.config import ProjectConfig, dump_config
-from tunekit.data import DATA_DIR
 from tunekit.data.clean import normalize_example, pii_kinds_in, redact_example
 from tunekit.data.dedupe import find_duplicates
 from tunekit.data.load import load_examples
@@ -24,6 +23,7 @@ from tunekit.data.stats import label_stats, length_stats, stratum_keys
 from tunekit.data.tokenize import token_lengths
 from tunekit.errors import UserError
 from tunekit.io import atomic_dir, sha256_file, write_jsonl_atomic
+from tunekit.runfolder import DataFolder, RunFolder
 
 
 class DataErrors(UserError):
@@ -118,24 +118,24 @@ def _dedupe(examples: list[Example], cfg: ProjectConfig, result: Prepared) -> li
 def _write(cfg: ProjectConfig, result: Prepared) -> Path:
     from tunekit.data.report import write_data_report
 
-    run_dir = cfg.run_path()
-    target = run_dir / DATA_DIR
+    target = RunFolder(cfg.run_path()).data_dir
     with atomic_dir(target, replace=True) as tmp:
+        staged = DataFolder(tmp)  # RUN/data's layout, in the folder that replaces it when complete
         manifest: dict[str, Any] = {
             "inputs": [{"path": p, "sha256": h} for p, h in result.file_hashes.items()],
             "seed": cfg.data.split.seed,
             "splits": {},
         }
         for name in SPLITS:
-            path = tmp / f"{name}.jsonl"
+            path = staged.split_path(name)
             write_jsonl_atomic(path, [_row(e) for e in result.splits[name]])
             manifest["splits"][name] = {
                 "file": path.name, "rows": len(result.splits[name]), "sha256": sha256_file(path),
             }
-        (tmp / "splits.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        (tmp / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        staged.splits_manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        staged.config_path.write_text(dump_config(cfg), encoding="utf-8")
         summary = summarize(cfg, result, manifest)
-        write_data_report(tmp, summary, result.lengths, cfg.model.max_seq_len)
+        write_data_report(staged, summary, result.lengths, cfg.model.max_seq_len)
     return target
 
 

@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.data.split import SPLITS
+from tunekit.runfolder import DataFolder
 
 
-def write_data_report(folder: Path, summary: dict[str, Any], lengths: dict[str, list[int]], max_len: int) -> None:
-    (folder / "data_report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    plot_lengths(folder / "token_lengths.png", lengths, max_len)
-    (folder / "data_report.md").write_text(render_markdown(summary), encoding="utf-8")
+def write_data_report(folder: DataFolder, summary: dict[str, Any], lengths: dict[str, list[int]],
+                      max_len: int) -> None:
+    folder.report_json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    plot_lengths(folder.lengths_plot, lengths, max_len)
+    # The markdown sits next to the plot, so a bare file name links it.
+    folder.report_md.write_text(render_markdown(summary, folder.lengths_plot.name), encoding="utf-8")
 
 
 def plot_lengths(path: Path, lengths: dict[str, list[int]], max_len: int) -> None:
@@ -33,7 +36,7 @@ def plot_lengths(path: Path, lengths: dict[str, list[int]], max_len: int) -> Non
     plt.close(fig)
 
 
-def render_markdown(s: dict[str, Any]) -> str:
+def render_markdown(s: dict[str, Any], lengths_plot: str) -> str:
     lines = ["# Data report", "", "## Inputs", "", "| file | sha256 |", "|---|---|"]
     lines += [f"| `{i['path']}` | `{i['sha256']}` |" for i in s["inputs"]]
     dropped = ", ".join(f"{k}: {v}" for k, v in s["dropped"].items() if v) or "none"
@@ -57,7 +60,7 @@ def render_markdown(s: dict[str, Any]) -> str:
     found = ", ".join(f"{k}: {v}" for k, v in pii["found"].items()) or "none"
     lines += [
         "",
-        "![token lengths](token_lengths.png)",
+        f"![token lengths]({lengths_plot})",
         "",
         "## PII",
         "",

@@ -92,11 +92,25 @@ def _layer_prefix(model: torch.nn.Module, num_layers: int) -> str:
 
 
 class Method(ABC):
-    """One fine-tuning method. Subclasses live one per module and register with `@register`."""
+    """One fine-tuning method. Subclasses live one per module and register with `@register`; the trainer
+    decides by these traits, never by a method's name."""
 
     name: ClassVar[str]
-    uses_peft: ClassVar[bool] = False
     summary: ClassVar[str] = ""
+    # The MethodConfig fields (besides `name`) the method reads; setting another one is an error
+    # (check_options_read), not a value that silently does nothing.
+    options: ClassVar[tuple[str, ...]] = ()
+    # Trains a PEFT adapter: the run saves adapter/ (PEFT's format) instead of model/.
+    uses_peft: ClassVar[bool] = False
+    # Trains the model's own weights (all, or some layers): they load in fp32, where small updates are not
+    # rounded away, and training.optimizer=auto keeps them in bf16 with compensation where it can.
+    trains_base_weights: ClassVar[bool] = False
+    # PEFT prompt learning (virtual tokens before the input or in the KV cache): the loss needs the wrapper's
+    # own forward, not the decoder-then-head shortcut, and its logits include the virtual positions.
+    prompt_learning: ClassVar[bool] = False
+    # When training.learning_rate is unset. Adapters start from zero and take large steps; the model's
+    # own weights need small ones.
+    default_learning_rate: ClassVar[float] = 2e-4
     # False where training with activation checkpointing breaks the method; see check_gradient_checkpointing.
     supports_gradient_checkpointing: ClassVar[bool] = True
     # Whether the trainer returns the heap's free pages inside each step (StepRunner.trim_within_step):
@@ -148,10 +162,13 @@ def resolve_target_modules(opts: MethodConfig, arch: ModelArch) -> list[str]:
     if isinstance(value, str):
         if value == ALL_LINEAR:
             if not candidates:
+                from tunekit.methods.registry import methods_where
+
+                whole = ", ".join(methods_where(lambda cls: cls.trains_base_weights))
                 raise ConfigError(
                     f"{arch.model_type} has no Linear layers besides its output head",
                     where="method.target_modules",
-                    fix="choose another method, e.g. method.name=full",
+                    fix=f"choose a method that trains the model's own weights: {whole}",
                 )
             return candidates
         value = [value]
@@ -169,6 +186,28 @@ def resolve_target_modules(opts: MethodConfig, arch: ModelArch) -> list[str]:
 
 def _allowed_targets(candidates: list[str]) -> str:
     return f"use '{ALL_LINEAR}' or a list from: {', '.join(candidates)}"
+
+
+def check_options_read(method: Method, opts: MethodConfig) -> None:
+    """ConfigError for `method.*` keys the user set that this method does not read (`method.r=8` with ia3).
+
+    Only values that differ from the default count. A run's saved config.yaml lists every field, defaults
+    included (dump_config), and was checked when it was written, so reading it back (eval, serve, or as the
+    config of a new run) never trips this; a key set to its default value changes nothing either way."""
+    defaults = MethodConfig()
+    unread = sorted(
+        key for key in opts.model_fields_set - {"name"} - set(method.options)
+        if getattr(opts, key) != getattr(defaults, key)
+    )
+    if not unread:
+        return
+    reads = f"reads: {', '.join(method.options)}" if method.options else "reads no method.* option but name"
+    it, option = ("it", "this option") if len(unread) == 1 else ("them", "these options")
+    raise ConfigError(
+        f"'{method.name}' does not read {option}",
+        where=", ".join(f"method.{key}" for key in unread),
+        fix=f"{method.name} {reads}; remove {it}, or choose a method that reads {it}",
+    )
 
 
 def check_gradient_checkpointing(method: Method, enabled: bool) -> None:

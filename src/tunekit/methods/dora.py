@@ -7,7 +7,7 @@ import torch
 
 from tunekit.config import MethodConfig
 from tunekit.methods.base import Method, ModelArch
-from tunekit.methods.lora import lora_config, validate_lora, wrap
+from tunekit.methods.lora import LORA_OPTIONS, lora_config, validate_lora, wrap
 from tunekit.methods.registry import register
 
 
@@ -16,6 +16,7 @@ class Dora(Method):
     name = "dora"
     uses_peft = True
     summary = "weight-decomposed LoRA (magnitude + direction)"
+    options = LORA_OPTIONS
     # PEFT's DoRA caches each weight's norm in a dict during forward: a side effect that torch.compile
     # refuses inside a checkpointed layer, so the layers would run eagerly anyway, after a failed trace.
     compiles = False

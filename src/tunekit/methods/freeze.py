@@ -9,7 +9,7 @@ import torch
 from tunekit.config import MethodConfig
 from tunekit.errors import ConfigError
 from tunekit.methods.base import Method, ModelArch, set_trainable
-from tunekit.methods.registry import register
+from tunekit.methods.registry import methods_where, register
 
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "final_layer_norm", "norm_f")
 
@@ -17,8 +17,10 @@ FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "final_layer_norm", "norm
 @register
 class Freeze(Method):
     name = "freeze"
-    uses_peft = False
     summary = "train only the last N decoder layers"
+    options = ("trainable_layers",)
+    trains_base_weights = True
+    default_learning_rate = 5e-5
 
     def validate(self, opts: MethodConfig, arch: ModelArch) -> None:
         n = opts.trainable_layers
@@ -26,7 +28,7 @@ class Freeze(Method):
             raise ConfigError(
                 f"cannot find the decoder layers of model type '{arch.model_type}'",
                 where="method.name",
-                fix="use full or lora",
+                fix=f"use another method: {', '.join(methods_where(lambda cls: cls is not Freeze))}",
             )
         if isinstance(n, bool) or not 1 <= n <= arch.num_layers:
             raise ConfigError(

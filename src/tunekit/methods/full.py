@@ -13,12 +13,12 @@ from tunekit.methods.registry import register
 @register
 class Full(Method):
     name = "full"
-    uses_peft = False
     summary = "train every weight"
+    trains_base_weights = True
+    default_learning_rate = 2e-5
 
     def validate(self, opts: MethodConfig, arch: ModelArch) -> None:
-        # No method.* option applies; the adapter options keep their defaults and are ignored.
-        return None
+        return None  # it reads no method.* option (options is empty, so setting one is an error)
 
     def apply(self, model: torch.nn.Module, opts: MethodConfig, arch: ModelArch) -> torch.nn.Module:
         set_trainable(model, lambda name: True)

@@ -43,6 +43,7 @@ class IA3(Method):
     name = "ia3"
     uses_peft = True
     summary = "learned rescaling vectors on keys, values and FFN"
+    options = ("target_modules",)
 
     def validate(self, opts: MethodConfig, arch: ModelArch) -> None:
         ia3_targets(opts, arch)

@@ -13,6 +13,8 @@ from tunekit.errors import ConfigError
 from tunekit.methods.base import Method, ModelArch, require_positive, resolve_target_modules
 from tunekit.methods.registry import register
 
+LORA_OPTIONS = ("r", "alpha", "dropout", "target_modules")  # what validate_lora and lora_config read
+
 
 def validate_lora(opts: MethodConfig, arch: ModelArch) -> None:
     require_positive(opts.r, "r", "the LoRA rank, e.g. 8, 16 or 64")
@@ -45,7 +47,7 @@ def wrap(model: torch.nn.Module, config: Any) -> torch.nn.Module:
     """get_peft_model freezes the base and leaves only the adapter trainable."""
     from peft import get_peft_model
 
-    from tunekit.methods.dropout import use_fast_dropout
+    from tunekit.methods._dropout import use_fast_dropout
 
     wrapped = get_peft_model(model, config)  # type: ignore[arg-type]
     use_fast_dropout(wrapped)
@@ -55,8 +57,9 @@ def wrap(model: torch.nn.Module, config: Any) -> torch.nn.Module:
 @register
 class Lora(Method):
     name = "lora"
-    uses_peft = True
     summary = "low-rank adapters on the linear layers"
+    options = LORA_OPTIONS
+    uses_peft = True
 
     def validate(self, opts: MethodConfig, arch: ModelArch) -> None:
         validate_lora(opts, arch)

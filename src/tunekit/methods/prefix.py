@@ -1,7 +1,7 @@
 """Prefix tuning (Li & Liang 2021): trained key/value vectors prepended to every attention layer's KV
 cache; the model itself is untouched. Needs a decoder whose attention reads a standard KV cache.
 
-With transformers 5.x + PEFT 0.21, `generate()` ignores the prefix unless patched (see peft_generate.py);
+With transformers 5.x + PEFT 0.21, `generate()` ignores the prefix unless patched (see _peft_generate.py);
 `apply` patches the returned model, and adapter loaders must call `fix_prompt_learning_generate` too.
 Gradient checkpointing is unsupported: transformers 5 decoder layers drop the cache under checkpointing
 ("Caching is incompatible with gradient checkpointing ... Setting cache=None"), which removes the prefix
@@ -13,10 +13,10 @@ import torch
 
 from tunekit.config import MethodConfig
 from tunekit.errors import ConfigError
+from tunekit.methods._peft_generate import fix_prompt_learning_generate
 from tunekit.methods.base import Method, ModelArch, require_positive
 from tunekit.methods.lora import wrap
-from tunekit.methods.peft_generate import fix_prompt_learning_generate
-from tunekit.methods.registry import register
+from tunekit.methods.registry import methods_where, register
 
 ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention", "attention"}
 
@@ -24,8 +24,10 @@ ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attenti
 @register
 class Prefix(Method):
     name = "prefix"
-    uses_peft = True
     summary = "trained key/value prefix in every attention layer"
+    options = ("num_virtual_tokens",)
+    uses_peft = True
+    prompt_learning = True
     supports_gradient_checkpointing = False
 
     def validate(self, opts: MethodConfig, arch: ModelArch) -> None:
@@ -41,7 +43,7 @@ class Prefix(Method):
             raise ConfigError(
                 f"prefix tuning does not work with model type '{arch.model_type}': {unsupported}",
                 where="method.name",
-                fix="use prompt, lora or ia3",
+                fix=f"use another method: {', '.join(methods_where(lambda cls: cls is not Prefix))}",
             )
 
     def apply(self, model: torch.nn.Module, opts: MethodConfig, arch: ModelArch) -> torch.nn.Module:

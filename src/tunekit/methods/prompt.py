@@ -1,7 +1,7 @@
 """Prompt tuning (Lester et al. 2021): trained "soft prompt" embeddings prepended to the input; nothing
 inside the model changes. Initialising from text (`method.prompt_init_text`) trains faster than random.
 
-Like prefix tuning it needs the transformers 5.x generate() patch (see peft_generate.py)."""
+Like prefix tuning it needs the transformers 5.x generate() patch (see _peft_generate.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 
 from tunekit.config import MethodConfig
 from tunekit.errors import ConfigError
+from tunekit.methods._peft_generate import fix_prompt_learning_generate
 from tunekit.methods.base import Method, ModelArch, require_positive
 from tunekit.methods.lora import wrap
-from tunekit.methods.peft_generate import fix_prompt_learning_generate
 from tunekit.methods.registry import register
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -24,6 +24,8 @@ class Prompt(Method):
     name = "prompt"
     uses_peft = True
     summary = "trained soft-prompt embeddings before the input"
+    options = ("num_virtual_tokens", "prompt_init_text")
+    prompt_learning = True
 
     def validate(self, opts: MethodConfig, arch: ModelArch) -> None:
         require_positive(opts.num_virtual_tokens, "num_virtual_tokens", "e.g. 8-32 soft-prompt tokens")

@@ -7,7 +7,7 @@ no-grad forward (a validation pass) repacks each 4-bit weight into an inference 
 kernel it then uses (gemv_4bit) has no autograd: later training steps silently drop the gradient through
 every frozen 4-bit layer, so all but the last adapters get wrong gradients (measured: off by ~50%).
 
-After wrapping, each 4-bit layer computes through one custom op (`linear4bit.py`): the same arithmetic as
+After wrapping, each 4-bit layer computes through one custom op (`_linear4bit.py`): the same arithmetic as
 bitsandbytes' autograd.Function, bit for bit, but a compiled graph that inductor's cache can keep, so a
 QLoRA run's first step loads its layers in ~3.6 s instead of compiling them for 10-11 s."""
 
@@ -20,22 +20,23 @@ import torch
 from tunekit.config import MethodConfig
 from tunekit.errors import ConfigError
 from tunekit.methods.base import Method, ModelArch, require_bitsandbytes
-from tunekit.methods.lora import lora_config, validate_lora, wrap
+from tunekit.methods.lora import LORA_OPTIONS, Lora, lora_config, validate_lora, wrap
 from tunekit.methods.registry import register
 
 
 @register
 class QLora(Method):
     name = "qlora"
-    uses_peft = True
     summary = "LoRA on a 4-bit (NF4) quantized base model"
+    options = (*LORA_OPTIONS, "quant_type", "double_quant")
+    uses_peft = True
     # Its 4-bit base keeps it well under 1.2 GB either way (30-step benchmark runs: 985-1090 MB with the
     # in-step trimming, 1020-1128 without, 973 compiled), so it keeps the speed the trimming cost it with
     # eager layers (4.06x against 4.61x of TRL's speed in two benchmark runs).
     trim_heap_within_step = False
 
     def validate(self, opts: MethodConfig, arch: ModelArch) -> None:
-        require_bitsandbytes("qlora", where="method.name", instead="method.name=lora")
+        require_bitsandbytes(self.name, where="method.name", instead=f"method.name={Lora.name}")
         if opts.quant_type not in ("nf4", "fp4"):  # the config's Literal already enforces it; belt and braces
             raise ConfigError(f"got {opts.quant_type!r}", where="method.quant_type", fix="nf4 or fp4")
         validate_lora(opts, arch)
@@ -57,12 +58,12 @@ class QLora(Method):
         # frozen weights (embeddings, norms) to fp32, which LoRA does not do either: frozen weights stay in the
         # trainer's storage dtype (SmolLM2's tied embedding: 57 MB in bf16 instead of 113 MB, and no per-step
         # cast of the output layer). get_peft_model freezes the base.
-        from tunekit.methods.linear4bit import make_trainable
+        from tunekit.methods._linear4bit import make_trainable
 
         own_unquantized_weights(model)
         keep_trainable_layout(model)
         wrapped = wrap(model, lora_config(opts, arch))
-        make_trainable(wrapped)  # a cacheable compiled graph: see linear4bit.py
+        make_trainable(wrapped)  # a cacheable compiled graph: see _linear4bit.py
         return wrapped
 
 

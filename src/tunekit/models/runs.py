@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
-from tunekit.config import ProjectConfig, load_config
+from tunekit.config import ProjectConfig
 from tunekit.errors import UserError
+from tunekit.runfolder import RunFolder
 
 
 @dataclass
@@ -25,24 +26,23 @@ class LoadedRun:
 
 
 def is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and ((path / "adapter").is_dir() or (path / "model").is_dir())
+    return RunFolder(path).is_finished
 
 
 def load_run(run_dir: Path, *, dtype: torch.dtype = torch.float32, merged: bool = False) -> LoadedRun:
-    from transformers import AutoTokenizer
-
     run_dir = Path(run_dir)
-    if not is_run(run_dir):
+    folder = RunFolder(run_dir)
+    if not folder.is_finished:
         raise UserError("not a finished tunekit run (no config.yaml with adapter/ or model/)", where=str(run_dir),
                         fix="pass the run folder that `tunekit train` printed")
-    cfg = load_config(run_dir / "config.yaml")
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
+    cfg = folder.config()
+    tokenizer = folder.tokenizer()
     trust = cfg.model.trust_remote_code
-    if merged and (run_dir / "merged").is_dir():
-        return LoadedRun(run_dir, cfg, _load_full(run_dir / "merged", dtype, trust), tokenizer, "merged")
-    if (run_dir / "model").is_dir():
-        return LoadedRun(run_dir, cfg, _load_full(run_dir / "model", dtype, trust), tokenizer, "model")
-    return LoadedRun(run_dir, cfg, load_base_with_adapter(cfg, run_dir / "adapter", dtype).eval(), tokenizer,
+    if merged and folder.merged_dir.is_dir():
+        return LoadedRun(run_dir, cfg, _load_full(folder.merged_dir, dtype, trust), tokenizer, "merged")
+    if folder.model_dir.is_dir():
+        return LoadedRun(run_dir, cfg, _load_full(folder.model_dir, dtype, trust), tokenizer, "model")
+    return LoadedRun(run_dir, cfg, load_base_with_adapter(cfg, folder.adapter_dir, dtype).eval(), tokenizer,
                      "adapter")
 
 
@@ -73,7 +73,7 @@ def load_base_with_adapter(cfg: ProjectConfig, adapter_dir: Path, dtype: torch.d
 
 def validation_prompts(run_dir: Path, n: int) -> list[list[dict[str, str]]]:
     """The first n validation conversations without their final answer."""
-    path = run_dir / "data" / "validation.jsonl"
+    path = RunFolder(run_dir).split_path("validation")
     if not path.exists():
         return []
     prompts = []

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from tunekit.config import ProjectConfig, load_config
+from tunekit.config import ProjectConfig
 from tunekit.errors import UserError
+from tunekit.runfolder import RunFolder
 from tunekit.serve.errors import model_not_found
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -29,6 +30,10 @@ class ServedAdapter:
     run_dir: Path
     cfg: ProjectConfig
     peft_type: str
+
+    @property
+    def adapter_dir(self) -> Path:
+        return RunFolder(self.run_dir).adapter_dir
 
 
 @dataclass
@@ -99,7 +104,7 @@ def load_served(target: str, adapters: list[tuple[str, Path]], *, name: str | No
     duplicates = {n for n, _ in runs if [m for m, _ in runs].count(n) > 1}
     if duplicates:
         raise UserError(f"model name(s) {sorted(duplicates)} given twice", fix="give each adapter its own NAME")
-    if runs and (runs[0][1] / "model").is_dir():
+    if runs and RunFolder(runs[0][1]).model_dir.is_dir():
         return _load_full_run(runs, dtype)
     target_is_run = bool(runs) and runs[0][1] == Path(target).resolve()
     return _load_base_and_adapters(None if target_is_run else target, runs, dtype, say)
@@ -113,25 +118,23 @@ def _load_full_run(runs: list[tuple[str, Path]], dtype: torch.dtype) -> ServedMo
                         where=str(runs[0][1]), fix="serve the base model and pass each adapter run as --adapter")
     name, run_dir = runs[0]
     loaded = load_run(run_dir, dtype=dtype)
-    _check_trained_template(run_dir, loaded.tokenizer)
+    RunFolder(run_dir).check_template(loaded.tokenizer)
     return ServedModels(loaded.cfg.model.name, loaded.model, loaded.tokenizer, full_run=(name, run_dir),
                         primary_cfg=loaded.cfg)
 
 
 def _load_base_and_adapters(model_ref: str | None, runs: list[tuple[str, Path]], dtype: torch.dtype,
                             say: Any) -> ServedModels:
-    from transformers import AutoTokenizer
-
     from tunekit.models.load import load_chat_tokenizer, load_model
     from tunekit.models.resolve import resolve_model
 
-    configs = [load_config(run_dir / "config.yaml") for _, run_dir in runs]
+    configs = [RunFolder(run_dir).config() for _, run_dir in runs]
     base_cfg = configs[0] if configs else None
     ref = model_ref or base_cfg.model.name  # type: ignore[union-attr]
     trust = base_cfg.model.trust_remote_code if base_cfg else False
     resolved = resolve_model(ref, trust_remote_code=trust)
     # The first run's tokenizer is the template training used; every other adapter must match it.
-    tokenizer = (AutoTokenizer.from_pretrained(runs[0][1] / "tokenizer", local_files_only=True) if runs
+    tokenizer = (RunFolder(runs[0][1]).tokenizer() if runs
                  else load_chat_tokenizer(resolved, trust_remote_code=trust, say=say))
     served: dict[str, ServedAdapter] = {}
     for (name, run_dir), cfg in zip(runs, configs):
@@ -143,11 +146,10 @@ def _load_base_and_adapters(model_ref: str | None, runs: list[tuple[str, Path]],
 
 def _checked_adapter(name: str, run_dir: Path, cfg: ProjectConfig, base_path: Path, tokenizer: Any,
                      earlier: dict[str, ServedAdapter]) -> ServedAdapter:
-    from transformers import AutoTokenizer
-
     from tunekit.models.resolve import resolve_model
 
-    if (run_dir / "model").is_dir():
+    folder = RunFolder(run_dir)
+    if folder.model_dir.is_dir():
         raise UserError("this run holds full weights, not an adapter, so it cannot share a base model",
                         where=str(run_dir), fix="serve it on its own: `tunekit serve RUN`")
     run_base = resolve_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code).path
@@ -155,33 +157,19 @@ def _checked_adapter(name: str, run_dir: Path, cfg: ProjectConfig, base_path: Pa
         raise UserError(f"adapter '{name}' was trained on {cfg.model.name} ({run_base}), not on the served "
                         f"base model ({base_path})", where=str(run_dir),
                         fix="serve adapters of one base model together; start another server for this one")
-    run_tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
-    _check_trained_template(run_dir, run_tokenizer)
+    run_tokenizer = folder.tokenizer()
+    folder.check_template(run_tokenizer)
     if run_tokenizer.chat_template != tokenizer.chat_template:
         raise UserError(f"adapter '{name}' was trained with a different chat template than the one served",
-                        where=str(run_dir / "tokenizer"),
+                        where=str(folder.tokenizer_dir),
                         fix="serve it with its own server: `tunekit serve RUN`, so it keeps its template")
-    peft_type = json.loads((run_dir / "adapter" / "adapter_config.json").read_text(encoding="utf-8"))["peft_type"]
+    peft_type = json.loads((folder.adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))["peft_type"]
     for other in earlier.values():
         if other.peft_type != peft_type:
             raise UserError(f"adapter '{name}' is {peft_type} but '{other.name}' is {other.peft_type}; PEFT holds "
                             "one kind of adapter per model", where=str(run_dir),
                             fix="serve adapters of different methods from separate servers")
     return ServedAdapter(name, run_dir, cfg, peft_type)
-
-
-def _check_trained_template(run_dir: Path, tokenizer: Any) -> None:
-    """RUN/tokenizer must still carry the template training recorded in manifest.json."""
-    from tunekit.train.manifest import chat_template_hash
-
-    manifest = run_dir / "manifest.json"
-    if not manifest.is_file():
-        return
-    trained = json.loads(manifest.read_text(encoding="utf-8")).get("chat_template_sha256")
-    if trained and trained != chat_template_hash(tokenizer):
-        raise UserError("the run's chat template differs from the one it was trained with",
-                        where=str(run_dir / "tokenizer"),
-                        fix="restore the tokenizer saved by `tunekit train`, or retrain with the new template")
 
 
 def _attach_adapters(base: Any, adapters: dict[str, ServedAdapter]) -> Any:
@@ -192,8 +180,8 @@ def _attach_adapters(base: Any, adapters: dict[str, ServedAdapter]) -> Any:
     from tunekit.methods import fix_prompt_learning_generate
 
     items = list(adapters.values())
-    model = PeftModel.from_pretrained(base, str(items[0].run_dir / "adapter"), adapter_name=items[0].name)
+    model = PeftModel.from_pretrained(base, str(items[0].adapter_dir), adapter_name=items[0].name)
     for adapter in items[1:]:
-        model.load_adapter(str(adapter.run_dir / "adapter"), adapter_name=adapter.name)
+        model.load_adapter(str(adapter.adapter_dir), adapter_name=adapter.name)
     model.set_adapter(items[0].name)
     return fix_prompt_learning_generate(model).eval()

@@ -21,6 +21,7 @@ from tunekit.config import ProjectConfig, load_config
 from tunekit.config_stages import ServeConfig
 from tunekit.monitor.logdb import RequestLog, RequestRecord, utc_now
 from tunekit.rag.grounding import Grounding
+from tunekit.runfolder import RunFolder
 from tunekit.serve.auth import ApiKeys
 from tunekit.serve.jobs import Job
 from tunekit.serve.limits import AdmissionGate, RateLimiter
@@ -173,7 +174,7 @@ def serve_config(target: str, adapters: list[tuple[str, Path]], config: str | Pa
     first_run = next((p for p in [Path(target), *(run for _, run in adapters)] if is_run(p)), None)
     if first_run is None:
         return load_config(None, overrides)
-    cfg = load_config(first_run / "config.yaml", overrides)
+    cfg = RunFolder(first_run).config(overrides)
     # The saved copy's relative paths (rag.index, guard.json_schema, serve.log_db) were written relative to
     # the project folder training ran from, normally the current one; --config gives them explicitly.
     cfg.base_dir = Path.cwd()
@@ -241,7 +242,7 @@ def _labeler(run_dir: Path, cfg: ProjectConfig) -> Callable[[str], str | None] |
 
     if cfg.eval.label_field:
         return lambda text: label_of_answer(text, cfg.eval.label_field)
-    train = run_dir / "data" / "train.jsonl"
+    train = RunFolder(run_dir).split_path("train")
     if not train.is_file():
         return None
     from tunekit.data.records import read_split

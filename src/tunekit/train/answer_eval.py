@@ -10,12 +10,13 @@ from typing import Any
 
 from tunekit.data.dedupe import normalize_for_match
 from tunekit.data.records import read_split
+from tunekit.runfolder import RunFolder
 
 
 def answer_accuracy(run: Any, cfg: Any) -> dict[str, float]:
     from tunekit.generate import GenerationParams, Generator
 
-    examples = read_split(run.run_dir / "data" / "validation.jsonl")[: cfg.training.answer_eval_samples]
+    examples = read_split(RunFolder(run.run_dir).split_path("validation"))[: cfg.training.answer_eval_samples]
     if not examples:
         return {}
     references = [e.messages[-1]["content"] for e in examples]

@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from tunekit.errors import UserError
 from tunekit.io import atomic_dir, require_free_space
+from tunekit.runfolder import RunFolder
 
-CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -75,7 +75,7 @@ def save_checkpoint(
     run_dir: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState, keep: int,
     peft_model: Any = None,
 ) -> Path:
-    target = run_dir / CHECKPOINTS / f"step-{state.step:06d}"
+    target = RunFolder(run_dir).checkpoints_dir / f"step-{state.step:06d}"
     weights = trainable_state(model)
     optimizer_state = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
     require_free_space(
@@ -90,17 +90,17 @@ def save_checkpoint(
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
         if peft_model is not None:  # the adapter in PEFT's own format, usable straight from a checkpoint
             peft_model.save_pretrained(str(tmp / "adapter"))
-    _prune(run_dir / CHECKPOINTS, keep)
+    _prune(run_dir, keep)
     return target
 
 
-def _prune(folder: Path, keep: int) -> None:
-    for old in list_checkpoints(folder.parent)[:-keep]:
+def _prune(run_dir: Path, keep: int) -> None:
+    for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    folder = run_dir / CHECKPOINTS
+    folder = RunFolder(run_dir).checkpoints_dir
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]

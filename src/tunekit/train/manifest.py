@@ -13,13 +13,9 @@ import torch
 
 from tunekit.config import dump_config
 from tunekit.io import write_json_atomic
+from tunekit.runfolder import RunFolder, chat_template_hash
 
 LIBRARIES = ("tunekit", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasketch")
-
-
-def chat_template_hash(tokenizer: Any) -> str:
-    template = getattr(tokenizer, "chat_template", None) or ""
-    return hashlib.sha256(template.encode()).hexdigest()
 
 
 def library_versions() -> dict[str, str | None]:
@@ -43,8 +39,8 @@ def machine() -> dict[str, Any]:
 
 
 def write_manifest(run: Any) -> dict[str, Any]:
-    splits_file = run.run_dir / "data" / "splits.json"
-    splits = json.loads(splits_file.read_text(encoding="utf-8")) if splits_file.exists() else {}
+    folder = RunFolder(run.run_dir)
+    splits = folder.splits_manifest() or {}
     manifest = {
         "seed": run.cfg.training.seed,
         "data": splits,
@@ -57,7 +53,7 @@ def write_manifest(run: Any) -> dict[str, Any]:
         "machine": machine(),
         "weights_sha256": weights_hash(run.model),
     }
-    write_json_atomic(run.run_dir / "manifest.json", manifest)
+    write_json_atomic(folder.manifest_path, manifest)
     return manifest
 
 
@@ -73,10 +69,9 @@ def weights_hash(model: torch.nn.Module) -> str:
 
 def compare_runs(original: Path, rerun: Path) -> dict[str, Any]:
     """Compare two runs' manifests and summaries: same data, config, template, and results?"""
-    a = json.loads((original / "manifest.json").read_text(encoding="utf-8"))
-    b = json.loads((rerun / "manifest.json").read_text(encoding="utf-8"))
-    sa = json.loads((original / "summary.json").read_text(encoding="utf-8"))
-    sb = json.loads((rerun / "summary.json").read_text(encoding="utf-8"))
+    first, second = RunFolder(original), RunFolder(rerun)
+    a, b = _read(first.manifest_path), _read(second.manifest_path)
+    sa, sb = _read(first.summary_path), _read(second.summary_path)
     checks = {
         "data": a["data"].get("splits") == b["data"].get("splits"),
         "chat_template": a["chat_template_sha256"] == b["chat_template_sha256"],
@@ -86,6 +81,11 @@ def compare_runs(original: Path, rerun: Path) -> dict[str, Any]:
         "final_val_loss": _close(sa.get("final_val_loss"), sb.get("final_val_loss")),
     }
     return {"matches": checks["data"] and checks["final_train_loss"] and checks["final_val_loss"], "checks": checks}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    # Not RunFolder.manifest(): both runs have finished, so a missing or broken file is an error, not a None.
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _close(x: float | None, y: float | None, rel: float = 1e-3) -> bool:

@@ -16,6 +16,7 @@ import torch
 from tunekit.errors import UserError
 from tunekit.io import atomic_dir
 from tunekit.models.runs import load_run, validation_prompts
+from tunekit.runfolder import RunFolder
 
 CHECK_PROMPTS = 4
 CHECK_TOKENS = 24
@@ -39,7 +40,7 @@ def merge_run(run_dir: Path) -> MergeResult:
     prompts = validation_prompts(run_dir, CHECK_PROMPTS) or [[{"role": "user", "content": "Hello!"}]]
     expected = greedy(run.model, run.tokenizer, prompts)
     merged = run.model.merge_and_unload()
-    target = run_dir / "merged"
+    target = RunFolder(run_dir).merged_dir
     with atomic_dir(target, replace=True) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         run.tokenizer.save_pretrained(str(tmp))

@@ -4,7 +4,8 @@
 - `adamw_8bit`: bitsandbytes' AdamW8bit (2 bytes per weight); on CPU its step is unfused and slow.
 - `adamw_bf16`: `CompactAdamW` below: bf16 moments (4 bytes per weight), and the trained Linear and
   embedding weights themselves in bf16 with a bf16 compensation term, so they hold ~16 significant bits.
-  `auto` picks it for full and freeze fine-tuning in bf16 on one process, and `adamw` elsewhere.
+  `auto` picks it where the method trains the model's own weights (`Method.trains_base_weights`), in bf16
+  on one process, and `adamw` elsewhere.
 
 Written by hand because no installed library has a fused low-precision AdamW step on CPU (bitsandbytes'
 CPU path took 0.41 s for the 29M-weight embedding alone, against 0.013 s for torch's fused AdamW; torchao's
@@ -24,16 +25,16 @@ from tunekit.devices import release_free_memory
 
 CHUNK = 1 << 20  # weights per fused update: 16 MB of fp32 temporaries, and few Python round trips
 STATE_DTYPE = torch.bfloat16
-LOW_PRECISION_METHODS = ("full", "freeze")  # the methods that train the model's own (large) weights
 
 
-def resolve_optimizer(kind: str, method_name: str, compute_dtype: torch.dtype) -> str:
-    """`auto`: bf16 weights and state where whole weight matrices train in bf16 on one process. Several
-    processes keep fp32 AdamW: FSDP flattens each layer's weights into one tensor of one dtype."""
+def resolve_optimizer(kind: str, trains_base_weights: bool, compute_dtype: torch.dtype) -> str:
+    """`auto`: bf16 weights and state where whole weight matrices (the model's own, which are large) train
+    in bf16 on one process. Several processes keep fp32 AdamW: FSDP flattens each layer's weights into one
+    tensor of one dtype."""
     if kind != "auto":
         return kind
     one_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
-    if method_name in LOW_PRECISION_METHODS and compute_dtype == torch.bfloat16 and one_process:
+    if trains_base_weights and compute_dtype == torch.bfloat16 and one_process:
         return "adamw_bf16"
     return "adamw"
 

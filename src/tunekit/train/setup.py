@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from tunekit.config import ProjectConfig
-from tunekit.data import DATA_DIR
 from tunekit.data.records import read_split
 from tunekit.devices import DeviceInfo, attention_implementation, pick_device
+from tunekit.runfolder import DataFolder, RunFolder
 from tunekit.train.batches import Features, encode_all
 from tunekit.train.compile import compile_layers, decide_compile
 from tunekit.train.optimizers import resolve_optimizer, store_trained_weights_in
@@ -20,9 +20,6 @@ from tunekit.train.recompute import keep_outputs_of, projection_shapes, resolve_
 
 if TYPE_CHECKING:
     from tunekit.models.resolve import ResolvedModel
-
-DEFAULT_LR = {"full": 2e-5, "freeze": 5e-5}
-
 
 @dataclass
 class RunSetup:
@@ -49,18 +46,26 @@ class RunSetup:
         return self.model if self.method.uses_peft else None
 
 
-def validate_method(cfg: ProjectConfig) -> tuple[Any, Any, Any]:
+class ValidatedMethod(NamedTuple):
+    """What validate_method found: passed on to build_run, so a run inspects the architecture once."""
+
+    method: Any
+    arch: Any
+    resolved: ResolvedModel
+
+
+def validate_method(cfg: ProjectConfig) -> ValidatedMethod:
     """Method options against the model's architecture, before any weights load."""
-    from tunekit.methods import get_method
-    from tunekit.methods.base import check_gradient_checkpointing, inspect_architecture
+    from tunekit.methods import check_gradient_checkpointing, check_options_read, get_method, inspect_architecture
     from tunekit.models.resolve import resolve_model
 
     method = get_method(cfg.method.name)
+    check_options_read(method, cfg.method)
     check_gradient_checkpointing(method, bool(cfg.training.gradient_checkpointing))
     resolved = resolve_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     arch = inspect_architecture(resolved.path, trust_remote_code=cfg.model.trust_remote_code)
     method.validate(cfg.method, arch)
-    return method, arch, resolved
+    return ValidatedMethod(method, arch, resolved)
 
 
 def check_optimizer(cfg: ProjectConfig) -> None:
@@ -70,14 +75,14 @@ def check_optimizer(cfg: ProjectConfig) -> None:
         require_bitsandbytes("adamw_8bit", where="training.optimizer", instead="adamw")
 
 
-def ensure_prepared(cfg: ProjectConfig, tokenizer: Any, say: Any) -> Path:
-    data_dir = cfg.run_path() / DATA_DIR
-    if not (data_dir / "train.jsonl").exists():
+def ensure_prepared(cfg: ProjectConfig, tokenizer: Any, say: Any) -> DataFolder:
+    data = RunFolder(cfg.run_path()).data
+    if not data.split_path("train").exists():
         from tunekit.data.prepare import prepare
 
-        say(f"no prepared data in {data_dir}; running `tunekit data prepare` first")
+        say(f"no prepared data in {data.root}; running `tunekit data prepare` first")
         prepare(cfg, tokenizer)
-    return data_dir
+    return data
 
 
 def prepare_once(cfg: ProjectConfig, say: Any = print) -> None:
@@ -85,17 +90,19 @@ def prepare_once(cfg: ProjectConfig, say: Any = print) -> None:
     from tunekit.models.load import load_chat_tokenizer
     from tunekit.models.resolve import resolve_model
 
-    if (cfg.run_path() / DATA_DIR / "train.jsonl").exists():
+    if RunFolder(cfg.run_path()).split_path("train").exists():
         return
     trust = cfg.model.trust_remote_code
     tokenizer = load_chat_tokenizer(resolve_model(cfg.model.name, trust_remote_code=trust), trust, say=say)
     ensure_prepared(cfg, tokenizer, say)
 
 
-def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
+def build_run(cfg: ProjectConfig, say: Any = print, validated: ValidatedMethod | None = None) -> RunSetup:
+    """`validated`: validate_method's result where the caller already has it (`tunekit train` checks before
+    it starts any process); otherwise it runs here."""
     from tunekit.models.load import load_chat_tokenizer, load_model
 
-    method, arch, resolved = validate_method(cfg)
+    method, arch, resolved = validated or validate_method(cfg)
     check_optimizer(cfg)
     device = pick_device(cfg.training.dtype)
     compile_layers_too, compile_reason = decide_compile(cfg.training.compile, device, method)
@@ -104,23 +111,23 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
         checkpointing = method.supports_gradient_checkpointing
     keep = checkpoint_keep(cfg, arch, bool(checkpointing), compile_layers_too)
     tokenizer = load_chat_tokenizer(resolved, cfg.model.trust_remote_code, say=say)
-    data_dir = ensure_prepared(cfg, tokenizer, say)
+    data = ensure_prepared(cfg, tokenizer, say)
     encode_opts = {
         "max_seq_len": cfg.model.max_seq_len,
         "loss_on": cfg.data.loss_on,
         "truncation": "truncate_left" if cfg.data.too_long == "drop" else cfg.data.too_long,
     }
-    train = encode_all(read_split(data_dir / "train.jsonl"), tokenizer, **encode_opts)
-    validation = encode_all(read_split(data_dir / "validation.jsonl"), tokenizer, **encode_opts)
+    train = encode_all(read_split(data.split_path("train")), tokenizer, **encode_opts)
+    validation = encode_all(read_split(data.split_path("validation")), tokenizer, **encode_opts)
     if not train:
         from tunekit.errors import UserError
 
-        raise UserError("no trainable examples in the train split", where=str(data_dir / "train.jsonl"))
+        raise UserError("no trainable examples in the train split", where=str(data.split_path("train")))
     # Frozen weights live in the compute dtype (half the memory, no per-step casts); weights that
-    # train, and every weight of full fine-tuning, stay fp32 so small updates are not rounded away.
-    # QLoRA quantizes from the compute-dtype copy too: half the file to read, and NF4 (16 levels per
-    # block) is far coarser than the bf16 rounding of its input.
-    storage = device.dtype if method.uses_peft else torch.float32
+    # train, and every weight of a method that trains the model's own, stay fp32 so small updates are
+    # not rounded away. A quantizing method quantizes from the compute-dtype copy too: half the file to
+    # read, and 4-bit NF4 (16 levels per block) is far coarser than the bf16 rounding of its input.
+    storage = torch.float32 if method.trains_base_weights else device.dtype
     load_kwargs = method.load_kwargs(cfg.method, device.dtype)
     model = load_model(
         replace(resolved, path=stored_weights(resolved, storage, load_kwargs)), dtype=storage,
@@ -143,11 +150,11 @@ def build_run(cfg: ProjectConfig, say: Any = print) -> RunSetup:
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
-    optimizer = resolve_optimizer(cfg.training.optimizer, method.name, device.dtype)
+    optimizer = resolve_optimizer(cfg.training.optimizer, method.trains_base_weights, device.dtype)
     residuals = {}
     if optimizer == "adamw_bf16" and device.dtype == torch.bfloat16:
         residuals = store_trained_weights_in(model, device.dtype)  # the optimizer keeps them exact
-    lr = cfg.training.learning_rate or DEFAULT_LR.get(method.name, 2e-4)
+    lr = cfg.training.learning_rate or method.default_learning_rate
     return RunSetup(
         cfg, cfg.run_path(), device, method, arch, resolved.path, tokenizer, model, train, validation, lr,
         optimizer, residuals, matmul_params, compile_layers_too, compile_reason, kept,

@@ -11,6 +11,7 @@ from typing import Any
 from tunekit.config import ProjectConfig, dump_config
 from tunekit.devices import peak_gpu_mb, peak_rss_mb, tune_cpu
 from tunekit.io import atomic_dir, require_free_space, write_json_atomic, write_text_atomic
+from tunekit.runfolder import RunFolder
 from tunekit.train.checkpoint import (
     TrainState,
     find_resume_point,
@@ -31,18 +32,19 @@ from tunekit.train.loop import (
 from tunekit.train.metrics import MetricsLogger, plot_loss_curve
 from tunekit.train.optimizers import CompactAdamW, make_optimizer
 from tunekit.train.schedule import make_scheduler
-from tunekit.train.setup import RunSetup, build_run
+from tunekit.train.setup import RunSetup, ValidatedMethod, build_run
 
 EVALS_PER_RUN = 10
 
 
-def train(cfg: ProjectConfig, say: Any = print, progress: Any = None) -> dict[str, Any]:
+def train(cfg: ProjectConfig, say: Any = print, progress: Any = None,
+          validated: ValidatedMethod | None = None) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     threads = tune_cpu(cfg.training.num_threads)
     set_seed(cfg.training.seed)
-    run = build_run(cfg, say)
+    run = build_run(cfg, say, validated)
     acc = Accelerator(cpu=run.device.device.type == "cpu")
     is_main = acc.is_main_process
     if is_main:
@@ -60,7 +62,7 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None) -> dict[st
     optimizer = make_optimizer(trainable, run.learning_rate, cfg.training.weight_decay, run.optimizer,
                                seed=cfg.training.seed, residuals=run.residuals)
     run.residuals.clear()  # the optimizer holds them now
-    wrapped = SupervisedLM(run.model, direct=run.method.name not in ("prefix", "prompt"),
+    wrapped = SupervisedLM(run.model, direct=not run.method.prompt_learning,
                            head_loss=compiled_head_loss() if run.compiled else None)
     wrapped, optimizer = acc.prepare(wrapped, optimizer)
     runner = StepRunner(
@@ -83,7 +85,7 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None) -> dict[st
     state = _resume(cfg, run, acc, optimizer, runner.sched, say)
     acc.wait_for_everyone()  # clean-up of an earlier run is done before anything new is written
     if is_main:
-        write_text_atomic(run.run_dir / "config.yaml", dump_config(cfg))
+        write_text_atomic(RunFolder(run.run_dir).config_path, dump_config(cfg))
     logger = MetricsLogger(
         run.run_dir, tensorboard=cfg.training.tensorboard and is_main,
         mlflow_uri=cfg.training.mlflow_uri if is_main else None, run_name=cfg.project,
@@ -215,7 +217,8 @@ def _finish(run: RunSetup, acc: Any, wrapped: Any, optimizer: Any, result: dict[
     from tunekit.train.manifest import write_manifest
 
     model = acc.unwrap_model(wrapped).model
-    target = run.run_dir / ("adapter" if run.method.uses_peft else "model")
+    folder = RunFolder(run.run_dir)
+    target = folder.weights_dir(run.method.uses_peft)
     optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the real one
     if isinstance(optimizer, CompactAdamW):
         optimizer.finish()  # fp32 weights again, from bf16 weights and their compensation
@@ -224,10 +227,10 @@ def _finish(run: RunSetup, acc: Any, wrapped: Any, optimizer: Any, result: dict[
                        fix="free disk space, then run again with training.resume=auto")
     with atomic_dir(target, replace=True) as tmp:
         model.save_pretrained(str(tmp))
-    with atomic_dir(run.run_dir / "tokenizer", replace=True) as tmp:
+    with atomic_dir(folder.tokenizer_dir, replace=True) as tmp:
         run.tokenizer.save_pretrained(str(tmp))
     plot_loss_curve(run.run_dir / "metrics.jsonl", run.run_dir / "loss_curve.png")
-    write_json_atomic(run.run_dir / "summary.json", summarize(run, result))
+    write_json_atomic(folder.summary_path, summarize(run, result))
     write_manifest(run)
 
 
