@@ -105,6 +105,26 @@ def test_generic_assignments_report_only_the_value() -> None:
     assert found("Authorization: Bearer a1B2c3D4e5F6g7H8i9J0kLmN", "api_key") == ["a1B2c3D4e5F6g7H8i9J0kLmN"]
 
 
+def test_unicode_classes_and_shared_context() -> None:
+    """Python's Unicode \\w and \\d, its case-insensitive matching and its lookarounds, all of which the
+    linear-time engine stands in for."""
+    assert found("josé.garcía@example.com", "email") == ["josé.garcía@example.com"]
+    assert found("call +٤٤ ٢٠ ٧٩٤٦ ٠٩٥٨ now", "phone") == ["+٤٤ ٢٠ ٧٩٤٦ ٠٩٥٨"]  # Arabic-Indic digits
+    assert found("api_\u212aey: a8F3kq93LmZ0pQ7vX2rT", "api_key") == ["a8F3kq93LmZ0pQ7vX2rT"]  # Kelvin sign
+    assert found("a@b.co,c@d.co", "email") == ["a@b.co", "c@d.co"]  # one comma ends one and starts the next
+    assert found("4111111111111111 4111111111111111", "credit_card") == ["4111111111111111"] * 2
+    assert found("ip 2001:db8::1 and fe80::1", "ip_address") == ["2001:db8::1", "fe80::1"]
+
+
+def test_private_key_blocks() -> None:
+    block = ("-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,3F17F5316E2BAC89\n\n"
+             "MIIEpAIBAAKCAQEA7x\n-----END RSA PRIVATE KEY-----")
+    assert found(f"my key:\n{block}\nthanks", "api_key") == [block]
+    header = "-----BEGIN PRIVATE KEY-----"
+    assert found(f"a: {header}\n" * 3, "api_key") == [header] * 3  # BEGIN lines inside header lines, no END
+    assert found(header + " " * 10_000, "api_key") == [header]
+
+
 def test_checksums() -> None:
     assert luhn_valid("4111 1111 1111 1111") and luhn_valid("79927398713")
     assert not luhn_valid("4111111111111112") and not luhn_valid("") and not luhn_valid("12a4")

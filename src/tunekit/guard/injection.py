@@ -11,6 +11,10 @@ Each pattern pairs a verb with the object an attack needs ("ignore" + "previous 
 + "your system prompt"), because either word alone is common in ordinary support requests.
 Text is normalised first (NFKC, zero-width characters removed, lower case, whitespace collapsed) so
 full-width letters, soft hyphens or `ign\u200bore` do not slip past.
+
+Everything here takes time linear in the text, which is request data: the patterns run on RE2 (google-re2),
+whose automata cannot backtrack (Python's `re` took 6 s on the fake-system-turn pattern and 16,000
+newlines, issue #18), and NFKC sees no run of more than 30 combining marks (see `_stream_safe`).
 """
 
 from __future__ import annotations
@@ -19,11 +23,20 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+import re2
+
 INJECTION_FAMILIES = ("ignore_instructions", "roleplay_jailbreak", "system_prompt_request", "role_markers")
 
 # Zero-width and formatting characters that render as nothing but split words for a regex.
 _INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\ufeff"))
-_SPACES = re.compile(r"\s+")
+_SPACES = re.compile(r"\s+")  # one class, repeated: `re` scans it in linear time
+# CPython's NFKC sorts the combining marks after a letter with an insertion sort, quadratic in the run: 16,000
+# marks in descending combining class take a third of a second, a megabyte minutes. The Stream-Safe Text
+# Format (UAX #15, section 13) bounds runs with a CGJ (U+034F, invisible, a starter) after each 30 marks; only
+# degenerate text has such runs, and a CGJ among marks splits no word (both are non-word characters).
+# FF9E/FF9F, halfwidth sound marks, are letters that NFKC turns into combining marks.
+_MARK_RUN = re2.compile(r"[\pM\x{FF9E}\x{FF9F}]{31,}")
+_CGJ = "\u034f"
 _GAP = r"[^.!?\n]{0,40}?"  # a few words, never across a sentence end
 _RULES = (
     r"(?:instructions?|prompts?|rules|directions?|guidelines|guardrails|constraints|restrictions|programming"
@@ -102,9 +115,23 @@ _PATTERNS: dict[str, list[tuple[str, str]]] = {
     ],
 }
 
-_COMPILED: dict[str, list[tuple[str, re.Pattern[str]]]] = {
-    family: [(name, re.compile(rx)) for name, rx in patterns] for family, patterns in _PATTERNS.items()
+
+def _re2(pattern: str) -> re2._Regexp:
+    options = re2.Options()
+    options.encoding = re2.Options.Encoding.LATIN1  # they run on `_ascii_view`: one byte is one character
+    return re2.compile(pattern.encode("ascii"), options)
+
+
+_COMPILED: dict[str, list[tuple[str, re2._Regexp]]] = {
+    family: [(name, _re2(rx)) for name, rx in patterns] for family, patterns in _PATTERNS.items()
 }
+# RE2's \b and \w know only ASCII letters, digits and _, Python's every Unicode letter and digit. The patterns
+# therefore see normalised text with each other word character made a `0` (no pattern names a digit) and each
+# other non-ASCII character a control character (none names one either): one byte per character, so offsets
+# carry over, and \b falls where it fell. (Normalised text holds no white space but space and newline, which
+# RE2's \s and Python's both match.) Each substitution is one character class: linear.
+_OTHER_WORD = re.compile(r"[^\W\x00-\x7f]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
 @dataclass(frozen=True)
@@ -118,20 +145,42 @@ class InjectionHit:
         return f"{self.pattern} pattern: {excerpt!r}"
 
 
+def _stream_safe(text: str) -> str:
+    """`text` with a CGJ after every 30 characters of each run of combining marks (see `_MARK_RUN`)."""
+    data = text.encode("utf-8", "surrogatepass")  # a lone surrogate (valid JSON) is no mark to RE2
+    if _MARK_RUN.search(data) is None:
+        return text
+    pieces, done = [], 0
+    for match in _MARK_RUN.finditer(data):
+        run = match.group().decode("utf-8")
+        pieces += [data[done : match.start()], _CGJ.join(run[i : i + 30] for i in range(0, len(run), 30)).encode()]
+        done = match.end()
+    pieces.append(data[done:])
+    return b"".join(pieces).decode("utf-8", "surrogatepass")
+
+
 def normalize_text(text: str) -> str:
     """What the heuristics look at: NFKC (full-width letters, ligatures), invisible characters removed,
     curly apostrophes straightened, lower case, runs of spaces and tabs collapsed (newlines kept)."""
-    text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
+    text = unicodedata.normalize("NFKC", _stream_safe(text)).translate(_INVISIBLE)
     text = text.replace("\u2019", "'").replace("\u2018", "'").lower()
     return "\n".join(_SPACES.sub(" ", line).strip() for line in text.splitlines())
+
+
+def _ascii_view(normal: str) -> bytes:
+    if not normal.isascii():
+        normal = _NON_ASCII.sub("\x01", _OTHER_WORD.sub("0", normal))
+    return normal.encode("ascii")
 
 
 def find_injection(text: str) -> InjectionHit | None:
     """The first injection pattern that matches `text`, family by family, or None."""
     normal = normalize_text(text)
+    view = _ascii_view(normal)
     for family in INJECTION_FAMILIES:
         for name, pattern in _COMPILED[family]:
-            match = pattern.search(normal)
+            match = pattern.search(view)
             if match:
-                return InjectionHit(family, name, match.group().strip())
+                start, end = match.span()
+                return InjectionHit(family, name, normal[start:end].strip())
     return None

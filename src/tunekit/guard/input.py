@@ -19,7 +19,7 @@ from tunekit.guard.events import GuardEvent
 from tunekit.guard.injection import find_injection, normalize_text
 
 TokenCounter = Callable[[list[dict]], int]
-_WORDISH = re.compile(r"\w+|[^\w\s]")
+_WORDISH = re.compile(r"\w+|[^\w\s]")  # a run of one class or one character: `re` is linear on it
 
 
 @dataclass(frozen=True)

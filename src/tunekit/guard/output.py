@@ -15,7 +15,26 @@ from typing import Any
 
 from tunekit.guard.input import NamedPattern
 
-_FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n(?P<body>.*?)\n?\s*```\s*$", re.DOTALL)
+_INFO = re.compile(r"[A-Za-z0-9_-]*")  # a fence's info string ("json"): one class, linear
+
+
+def _fenced_body(text: str) -> str | None:
+    r"""The body of `text` if it is one Markdown code fence, else None: what the pattern
+    `^\s*```[A-Za-z0-9_-]*\s*\n(.*?)\n?\s*```\s*$` (DOTALL) matched, found with string operations because
+    Python's `re` took a minute on it for 4,000 newlines after the opening fence. The body starts after the
+    last newline of the white space that follows the info string (the greedy `\s*\n`) and ends where the
+    white space before the closing fence starts (the lazy body stops at the first place the rest matches);
+    str.strip and the `\s` class agree on what white space is."""
+    start = len(text) - len(text.lstrip())
+    if not text.startswith("```", start):
+        return None
+    info_end = _INFO.match(text, start + 3).end()
+    space_end = len(text) - len(text[info_end:].lstrip())
+    newline = text.rfind("\n", info_end, space_end)
+    closing = len(text.rstrip()) - 3
+    if newline < 0 or closing < newline + 1 or not text.startswith("```", closing):
+        return None
+    return text[newline + 1 : max(newline + 1, len(text[:closing].rstrip()))]
 
 
 @dataclass(frozen=True)
@@ -44,8 +63,8 @@ def schema_validator(schema: dict) -> Any:
 def check_json_schema(text: str, rules: OutputRules, citation_check: Callable[[str], bool] | None) -> Verdict:
     if rules.validator is None:  # validate_guard_config refuses this combination; kept for direct callers
         return Verdict(True, "no schema configured", text)
-    fenced = _FENCE.match(text)
-    body = fenced.group("body") if fenced else text
+    fenced = _fenced_body(text)
+    body = text if fenced is None else fenced
     try:
         value = json.loads(body)
     except json.JSONDecodeError as exc:
