@@ -72,7 +72,7 @@ def test_passed_all_is_read_from_the_gate_outcomes_not_trusted(tmp_path: Path) -
 def test_a_run_folder_reads_its_eval_result(tmp_path: Path) -> None:
     run = RunFolder(tmp_path)
     assert run.eval_result() is None
-    sample_result().write(EvalFolder(run.eval_dir).result_path)
+    sample_result().write(run.eval.result_path)
     assert run.eval_result() == sample_result()
 
 

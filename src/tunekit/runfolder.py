@@ -42,11 +42,17 @@ def chat_template_hash(tokenizer: Any) -> str:
 
 
 @dataclass(frozen=True)
-class RunFolder:
+class _Folder:
+    """A folder of known files; `root` may be given as a str."""
+
     root: Path
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
+
+
+@dataclass(frozen=True)
+class RunFolder(_Folder):
 
     # -- what training writes --------------------------------------------------------------------------
     @property
@@ -126,9 +132,9 @@ class RunFolder:
 
     # -- what `eval` and `risk` write ------------------------------------------------------------------
     @property
-    def eval_dir(self) -> Path:
-        """The default eval folder (`eval.out_dir` may put it elsewhere: see EvalFolder)."""
-        return self.root / "eval"
+    def eval(self) -> EvalFolder:
+        """The default eval folder, RUN/eval (`eval.out_dir` may put it elsewhere)."""
+        return EvalFolder(self.root / "eval")
 
     @property
     def model_card_path(self) -> Path:
@@ -158,7 +164,7 @@ class RunFolder:
 
     def eval_result(self) -> EvalResult | None:
         """The typed result `tunekit eval` wrote into RUN/eval (None when there is none yet)."""
-        return EvalFolder(self.eval_dir).result()
+        return self.eval.result()
 
     def tokenizer(self) -> Any:
         from transformers import AutoTokenizer
@@ -182,13 +188,8 @@ class RunFolder:
 
 
 @dataclass(frozen=True)
-class DataFolder:
+class DataFolder(_Folder):
     """What `tunekit data prepare` writes: RUN/data, or the staging folder that becomes it atomically."""
-
-    root: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
 
     def split_path(self, name: str) -> Path:
         return self.root / f"{name}.jsonl"
@@ -216,13 +217,8 @@ class DataFolder:
 
 
 @dataclass(frozen=True)
-class EvalFolder:
+class EvalFolder(_Folder):
     """What `tunekit eval` writes: RUN/eval by default, or `eval.out_dir`."""
-
-    root: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
 
     @property
     def result_path(self) -> Path:

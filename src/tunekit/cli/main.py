@@ -10,7 +10,6 @@ import sys
 from typing import NoReturn
 
 import typer
-from rich.markup import escape
 
 from tunekit.cli import chat, data, init, merge, models, train
 from tunekit.cli.eval import eval_command
@@ -18,7 +17,7 @@ from tunekit.cli.index import index as index_command
 from tunekit.cli.monitor import app as monitor_app
 from tunekit.cli.risk import risk
 from tunekit.cli.serve import serve as serve_command
-from tunekit.console import err_console
+from tunekit.console import err_console, print_error
 from tunekit.errors import UserError, missing_dependency, stop_signals_interrupt
 from tunekit.quiet import offline_and_quiet
 
@@ -60,8 +59,7 @@ def run() -> None:
 
 
 def _fail(exc: UserError) -> NoReturn:
-    # Escaped: a message's own brackets, as in `pip install 'tunekit[serve]'`, are text, not rich markup.
-    err_console.print(f"[bold red]error[/]: {escape(exc.render())}", highlight=False, soft_wrap=True)
+    print_error(exc)
     sys.exit(exc.exit_code)
 
 

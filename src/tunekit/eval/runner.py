@@ -46,7 +46,7 @@ class EvalPlan:
 def eval_folder(cfg: ProjectConfig) -> EvalFolder:
     if cfg.eval.out_dir:
         return EvalFolder((cfg.base_dir / cfg.eval.out_dir).resolve())
-    return EvalFolder(RunFolder(finetuned_run_dir(cfg)).eval_dir)
+    return RunFolder(finetuned_run_dir(cfg)).eval
 
 
 def check_eval(cfg: ProjectConfig) -> EvalPlan:

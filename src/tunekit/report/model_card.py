@@ -76,7 +76,7 @@ class RunFacts:
 
     @property
     def eval_folder(self) -> EvalFolder:
-        return EvalFolder(self.folder.eval_dir)
+        return self.folder.eval
 
     def name(self, path: Path) -> str:
         """A run folder file as the card names it: relative to the run (`data/splits.json`)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from tunekit.errors import UserError
 from tunekit.results import FINETUNED
-from tunekit.runfolder import EvalFolder, RunFolder
+from tunekit.runfolder import RunFolder
 
 
 @dataclass
@@ -44,10 +44,6 @@ def eval_settings(run_dir: Path, cfg: Any) -> dict[str, Any]:
     return {"dtype": recorded.dtype, "max_new_tokens": recorded.max_new_tokens}
 
 
-def _eval_folder(run_dir: Path) -> EvalFolder:
-    return EvalFolder(RunFolder(run_dir).eval_dir)
-
-
 def run_preflight(backend: Any, runs: dict[str, tuple[Path, Any]], n: int, *, dtype_note: str = "",
                   say: Any = print) -> dict[str, PreflightResult]:
     """`runs`: served name -> (run folder, its config). Never raises: a failure is a result."""
@@ -69,7 +65,7 @@ def _check_run(backend: Any, name: str, run_dir: Path, cfg: Any, n: int, dtype_n
 
     settings = eval_settings(run_dir, cfg)
     params = GenerationParams(max_new_tokens=settings["max_new_tokens"])  # greedy, as eval generates
-    rows = _eval_folder(run_dir).predictions(FINETUNED, limit=n)
+    rows = RunFolder(run_dir).eval.predictions(FINETUNED, limit=n)
     if not rows:
         return _answers_validation(backend, name, run_dir, n, params)
     answers = backend.generate_batch([backend.render(row.messages) for row in rows], params, name)
@@ -86,7 +82,7 @@ def _answers_validation(backend: Any, name: str, run_dir: Path, n: int, params: 
     prompts = validation_prompts(run_dir, n)
     if prompts:
         backend.generate_batch([backend.render(messages) for messages in prompts], params, name)
-    recorded = _eval_folder(run_dir).predictions_path(FINETUNED)
+    recorded = RunFolder(run_dir).eval.predictions_path(FINETUNED)
     return PreflightResult(name, "answered", len(prompts),
                            f"no eval predictions in {recorded}: only checked that {len(prompts)} validation "
                            "prompt(s) are answered without error (run `tunekit eval` for the exact check)")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from rich.markup import escape
-
 from tunekit.config import load_config
-from tunekit.console import err_console
+from tunekit.console import err_console, print_error
 from tunekit.errors import UserError, stop_signals_interrupt
 
 
@@ -22,7 +20,7 @@ def main(argv: list[str]) -> int:
             cfg = load_config(config, overrides)
             train(cfg, say=lambda msg: err_console.print(msg, highlight=False))
     except UserError as exc:  # an interrupt during training is one too: TrainingStopped, checkpoint saved
-        err_console.print(f"[bold red]error[/]: {escape(exc.render())}", highlight=False)
+        print_error(exc)
         return exc.exit_code
     except KeyboardInterrupt:  # before training started: nothing to save
         err_console.print("interrupted")
