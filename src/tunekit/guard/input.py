@@ -1,9 +1,10 @@
 """Input policies: each looks at a conversation and returns the (possibly redacted) messages and one event.
 
-Only messages the end user controls are inspected for PII, injection and denied topics: every role but
-`system`, which the operator writes (it may rightly hold a support address or say "ignore small talk").
-The token limit counts the whole conversation, system prompt included, because that is what the model
-reads. Reasons never quote PII: the request log must not become a second copy of it.
+Every message is inspected for PII, injection and denied topics, whatever its role: over the API the
+client writes the system and developer turns too, so an injection moved into a system message must not
+pass. The operator's own text (the config's system prompt, grounding instructions) is added after these
+checks and is the only trusted text. The token limit counts the whole conversation, because that is what
+the model reads. Reasons never quote PII: the request log must not become a second copy of it.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ _WORDISH = re.compile(r"\w+|[^\w\s]")  # a run of one class or one character: `r
 class NamedPattern:
     key: str  # the config key it came from, e.g. "guard.denied_topics[2]"
     source: str
-    regex: re.Pattern[str]
+    regex: Any  # compiled on RE2 (see guard.policies)
 
-    def search(self, text: str) -> re.Match[str] | None:
+    def search(self, text: str) -> Any:
         return self.regex.search(normalize_text(text))
 
 
@@ -63,26 +64,25 @@ def _map_text(message: dict, fn: Callable[[str], str]) -> dict:
     return message
 
 
-def _user_texts(messages: list[dict]) -> list[tuple[int, str]]:
-    return [(i, text) for i, m in enumerate(messages) if m.get("role") != "system" for text in message_texts(m)]
+def _client_texts(messages: list[dict]) -> list[tuple[int, str]]:
+    return [(i, text) for i, m in enumerate(messages) for text in message_texts(m)]
 
 
 def check_pii(messages: list[dict], rules: InputRules) -> tuple[list[dict], GuardEvent]:
     kinds: Counter[str] = Counter()
-    for _, text in _user_texts(messages):
+    for _, text in _client_texts(messages):
         kinds.update(m.kind for m in find_pii(text, rules.pii_kinds))
     if not kinds:
         return messages, GuardEvent("input", "pii", "allow", "no PII found")
     found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
     if rules.pii_action == "block":
         return messages, GuardEvent("input", "pii", "block", f"PII in the request ({found}); pii_action is block")
-    redacted = [m if m.get("role") == "system" else _map_text(m, lambda t: redact_pii(t, rules.pii_kinds))
-                for m in messages]
+    redacted = [_map_text(m, lambda t: redact_pii(t, rules.pii_kinds)) for m in messages]
     return redacted, GuardEvent("input", "pii", "redact", f"redacted {found}")
 
 
 def check_injection(messages: list[dict], rules: InputRules) -> tuple[list[dict], GuardEvent]:
-    for index, text in _user_texts(messages):
+    for index, text in _client_texts(messages):
         hit = find_injection(text)
         if hit:
             reason = f"{hit.family}: {hit.reason()} in message {index}"
@@ -91,7 +91,7 @@ def check_injection(messages: list[dict], rules: InputRules) -> tuple[list[dict]
 
 
 def check_denied_topics(messages: list[dict], rules: InputRules) -> tuple[list[dict], GuardEvent]:
-    for index, text in _user_texts(messages):
+    for index, text in _client_texts(messages):
         for pattern in rules.denied_topics:
             match = pattern.search(text)
             if match:

@@ -6,7 +6,8 @@ block ends the check (later policies do not run, the request is refused). Output
 failure, which first asks the caller to regenerate (up to `guard.json_retries` times) with feedback that
 names the schema error. A regenerated answer goes through every output policy again.
 
-Denied topics and denied patterns are Python regular expressions, matched case-insensitively against
+Denied topics and denied patterns are regular expressions run on RE2 (linear time in the text, so no
+lookaround or backreferences), matched case-insensitively against
 normalised text (see `tunekit.guard.injection.normalize_text`), so full-width letters and zero-width
 characters do not get around them.
 
@@ -24,12 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import re2
+
 from tunekit.config import ProjectConfig
 from tunekit.config_stages import GuardConfig
 from tunekit.errors import ConfigError
 from tunekit.guard.events import GuardEvent, InputDecision, OutputDecision
 from tunekit.guard.input import INPUT_CHECKS, InputRules, NamedPattern, token_counter
 from tunekit.guard.output import OUTPUT_CHECKS, OutputRules, retry_feedback, schema_validator
+
+WHOLE_CONVERSATION = frozenset({"max_input_tokens"})  # policies that judge what the model reads, not who wrote it
 
 
 @dataclass(frozen=True)
@@ -40,14 +45,29 @@ class CompiledGuard:
     validator: Any | None
 
 
+def _linear_time(source: str) -> re2._Regexp:
+    """The pattern on RE2, case-insensitive: the operator's patterns are trusted, the text they run on is not,
+    and Python's backtracking `re` takes exponential time on some pairs (`^(a+)+$` against "aaa...b")."""
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False  # the error is reported as a config problem instead of on stderr
+    return re2.compile(source, options)
+
+
 def _compile_patterns(key: str, sources: list[str], problems: list[tuple[str, str]]) -> tuple[NamedPattern, ...]:
     compiled = []
     for i, source in enumerate(sources):
         where = f"{key}[{i}]"
         try:
-            compiled.append(NamedPattern(where, source, re.compile(source, re.IGNORECASE)))
+            re.compile(source)  # Python's messages say best what is wrong with a pattern
         except re.error as exc:
             problems.append((where, f"invalid regular expression {source!r}: {exc}"))
+            continue
+        try:
+            compiled.append(NamedPattern(where, source, _linear_time(source)))
+        except re2.error:
+            problems.append((where, f"pattern {source!r} uses lookaround or a backreference, which cannot run in "
+                                    "time linear in the request text (RE2); rewrite it without them"))
             continue
         if compiled[-1].regex.search(""):
             problems.append((where, f"pattern {source!r} matches empty text, so it would match every request"))
@@ -148,14 +168,21 @@ class Guardrails:
             *self.input_policies, "denied_topics")
         return dataclasses.replace(self, input_rules=rules, input_policies=policies)
 
-    def check_input(self, messages: list[dict]) -> InputDecision:
+    def check_input(self, messages: list[dict], *, trusted: int = 0) -> InputDecision:
+        """Run the input policies in order on every message but the first `trusted` ones, which the operator
+        wrote (a deployment's system prompt); over the API nothing is trusted, whatever its role. The token
+        limit still counts the whole conversation: the model reads all of it."""
+        operator, client = messages[:trusted], messages[trusted:]
         events: list[GuardEvent] = []
         for policy in self.input_policies:
-            messages, event = INPUT_CHECKS[policy](messages, self.input_rules)
+            if policy in WHOLE_CONVERSATION:
+                _, event = INPUT_CHECKS[policy]([*operator, *client], self.input_rules)
+            else:
+                client, event = INPUT_CHECKS[policy](client, self.input_rules)
             events.append(event)
             if event.action == "block":
-                return InputDecision(False, messages, events)
-        return InputDecision(True, messages, events)
+                return InputDecision(False, [*operator, *client], events)
+        return InputDecision(True, [*operator, *client], events)
 
     def check_output(
         self,

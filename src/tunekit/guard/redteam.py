@@ -110,7 +110,8 @@ def _generate_checked(generate: Generate, conversations: list[list[dict]]) -> li
 def _guarded_answers(conversations: list[list[dict]], generate: Generate, guard: Guardrails) -> tuple[list, list]:
     """Answers as a guarded server would serve them: blocked inputs get the fallback without a model call;
     allowed ones are generated in one batch and then checked (with constrained retries, one at a time)."""
-    decisions = [guard.check_input(c) for c in conversations]
+    # The first turn is the deployment's system prompt (see run_safety): the operator's, so trusted.
+    decisions = [guard.check_input(c, trusted=1) for c in conversations]
     allowed = [i for i, d in enumerate(decisions) if d.allowed]
     raw = _generate_checked(generate, [decisions[i].messages for i in allowed]) if allowed else []
     answers: list[str] = [guard.fallback] * len(conversations)
