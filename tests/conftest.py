@@ -86,3 +86,12 @@ def smollm2_dir() -> Path:
         return resolve_model(EMBEDDED_DEFAULT).path
     finally:
         patch.undo()
+
+
+@pytest.fixture(scope="session")
+def serve_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """A trained and evaluated run 'alpha', a random adapter 'beta' of the same base and a help-page index,
+    built once for every serve test file (training it is the slow part of those tests)."""
+    from serve_helpers import build_serve_project
+
+    return build_serve_project(tmp_path_factory.mktemp("serve"), tiny_model_dir)

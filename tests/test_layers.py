@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("io", "devices"),  # atomic writes, hashes; the one place that knows devices and dtypes
     ("gates",),  # success criteria as text: `metric op threshold`
     ("config_stages",),  # the config's later-stage sections
-    ("config",),  # the one typed config
+    ("config", "secrets"),  # the one typed config; API keys, which never go in it
     ("results", "runfolder"),  # typed stage results; the run folder's paths and readers
     ("data",),  # examples, their formats, splits and what an answer says
     ("models", "methods"),  # loading models; fine-tuning methods

@@ -20,7 +20,7 @@ SAFE_RUN = {
     "governance": {"owner": "Support ML team (ml-support@example.com)", "on_call": "#support-ml-oncall",
                    "slices": ["product", "priority"]},
     "guard": {"enabled": True, "input": ["pii", "injection"], "output": ["json_schema", "max_length"]},
-    "serve": {"api_keys": ["a-long-random-key-for-tests"]},
+    "serve": {"api_keys_file": "api_keys.txt"},  # written next to the config by `configure`
 }
 
 
@@ -100,6 +100,9 @@ def run(prepared: Path, tmp_path: Path) -> Path:
 
 
 def configure(run: Path, tiny_model_dir: Path, **sections: dict) -> Path:
+    keys = run.parent / "api_keys.txt"
+    keys.write_text("# for SAFE_RUN\na-long-random-key-for-tests\n", encoding="utf-8")
+    keys.chmod(0o600)
     return write_config(run.parent, tiny_model_dir, run, **sections)
 
 
@@ -145,7 +148,7 @@ def test_a_weak_slice_fails_the_bias_check(run, tiny_model_dir, monkeypatch, cap
 def test_security_failures_and_eval_verdicts(run, tiny_model_dir, monkeypatch, capsys):
     add_eval(run, verdict="use_prompting")
     (run / "adapter" / "adapter_model.bin").write_bytes(b"pickle")
-    unsafe = {**SAFE_RUN, "serve": {"api_keys": []}, "guard": {"enabled": False},
+    unsafe = {**SAFE_RUN, "serve": {}, "guard": {"enabled": False},
               "model": {"name": str(tiny_model_dir), "trust_remote_code": True}}
     config = configure(run, tiny_model_dir, **unsafe)
     monkeypatch.delenv("TUNEKIT_API_KEYS", raising=False)

@@ -20,98 +20,40 @@ import openai
 import pytest
 
 from cli_helpers import started
-from train_helpers import TUNEKIT, color_rows
+from serve_helpers import (
+    KEY,
+    PROMPT,
+    assert_openai_error,
+    chat,
+    client,
+    post,
+    start,
+)
+from train_helpers import TUNEKIT
 from tunekit.errors import UserError
 from tunekit.monitor.logdb import key_id_for
-from tunekit.serve.auth import ApiKeys, check_bind_is_safe
+from tunekit.secrets import ApiKeys
+from tunekit.serve.auth import authenticate, check_bind_is_safe
 from tunekit.serve.errors import ApiError
-from tunekit.serve.limits import AdmissionGate, RateLimiter
+from tunekit.serve.limits import AdmissionGate, RateLimits
 from tunekit.serve.loading import load_served, parse_adapter_specs
 from tunekit.serve.server import serve_in_thread
 from tunekit.serve.state import build_state
 
-KEY = "sk-test-abc123"
-PROMPT = "request 3: paint item 39 blue please now"
-DOC = """# Refunds
 
-Refunds are paid back to the original card within 5 business days.
-Ask for a refund from the Orders page by choosing Request refund.
-
-# Shipping
-
-Parcels ship from Rotterdam every weekday at noon.
-"""
-
-
-def write_project(root: Path, model_dir: Path, rows: list[dict], *, steps: int, extra: str = "") -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    config = root / "tunekit.yaml"
-    config.write_text(
-        f"run_dir: {root / 'run'}\nmodel:\n  name: {model_dir}\n  max_seq_len: 128\n"
-        "data:\n  files: [data.jsonl]\n  dedupe:\n    near: false\n"
-        f"training:\n  max_steps: {steps}\n  batch_size: 4\n  learning_rate: 0.01\n  eval_every: {steps}\n"
-        "  gradient_checkpointing: false\n  compile: false\n" + extra,
-        encoding="utf-8",
-    )
-    return config
-
-
-def random_adapter_copy(run: Path, out: Path) -> Path:
-    """A second real run folder: `run`'s config and tokenizer with a freshly initialised (non-zero) LoRA."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from tunekit.config import load_config
-
-    shutil.copytree(run, out, ignore=shutil.ignore_patterns("eval", "checkpoints", "serve"))
-    cfg = load_config(out / "config.yaml")
-    base = AutoModelForCausalLM.from_pretrained(cfg.model.name)
-    trained = PeftModel.from_pretrained(base, str(run / "adapter")).peft_config["default"]
-    fresh = LoraConfig(r=trained.r, lora_alpha=trained.lora_alpha, target_modules=trained.target_modules,
-                       init_lora_weights=False, task_type="CAUSAL_LM")
-    shutil.rmtree(out / "adapter")
-    get_peft_model(AutoModelForCausalLM.from_pretrained(cfg.model.name), fresh).save_pretrained(out / "adapter")
-    return out
+@pytest.fixture(scope="module")
+def project(serve_project) -> SimpleNamespace:
+    return serve_project
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_model_dir) -> SimpleNamespace:
-    """Run 'alpha' learned to answer "<color> [1]" and was evaluated; 'beta' is a random adapter of the same
-    base; an index holds one help page."""
-    from tunekit.config import load_config
-    from tunekit.eval.runner import check_eval, run_eval
-    from tunekit.rag.index import build_index
-    from tunekit.train.trainer import train
-
-    root = tmp_path_factory.mktemp("serve")
-    rows = color_rows(120)
-    for row in rows:
-        row["messages"][1]["content"] += " [1]"
-    config = write_project(root / "alpha", tiny_model_dir, rows, steps=20,
-                           extra="eval:\n  candidates: [finetuned]\n  max_new_tokens: 6\n  max_samples: 4\n")
-    cfg = load_config(config)
-    train(cfg, say=lambda *_: None)
-    run_eval(check_eval(cfg), say=lambda *_: None)
-    beta = random_adapter_copy(root / "alpha" / "run", root / "beta")
-    (root / "docs").mkdir()
-    (root / "docs" / "refunds.md").write_text(DOC, encoding="utf-8")
-    build_index([root / "docs"], root / "index.db")
-    return SimpleNamespace(root=root, alpha=root / "alpha" / "run", beta=beta, index=root / "index.db",
-                           model_dir=tiny_model_dir)
-
-
-def start(project: SimpleNamespace, *overrides: str, adapters=None):
-    """build_state for alpha (+ beta), the request log in the project folder."""
-    adapters = [("beta", project.beta)] if adapters is None else adapters
-    return build_state(str(project.alpha), adapters=adapters, name="alpha", say=lambda *_: None,
-                       overrides=[f"serve.log_db={project.root / 'requests.db'}", "serve.max_tokens_limit=16",
-                                  "serve.max_body_bytes=20000", *overrides])
-
-
-@pytest.fixture(scope="module")
-def server(project):
-    state = start(project, f"serve.api_keys=[{KEY}]")
+def server(project, tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "api_keys.txt"
+    keys.write_text(f"{KEY}\n", encoding="utf-8")
+    keys.chmod(0o600)
+    # Schemathesis sends wrong keys on purpose (its ignored-auth check): a lockout would 429 every later test.
+    # The lockout has its own tests, in test_serve_access.py.
+    state = start(project, f"serve.api_keys_file={keys}", "serve.auth_failures_per_minute=10000")
     with serve_in_thread(state) as running:
         yield running
     state.close()
@@ -126,29 +68,6 @@ def guarded(project):
     with serve_in_thread(state) as running:
         yield running
     state.close()
-
-
-def client(server, key: str | None = KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key=key or "none", max_retries=0, timeout=60)
-
-
-def chat(server, model="alpha", content=PROMPT, **kwargs):
-    return client(server).chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
-                                                  max_tokens=kwargs.pop("max_tokens", 6), **kwargs)
-
-
-def post(server, path: str, body: bytes | str, key: str | None = KEY, **headers: str) -> httpx.Response:
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    headers.setdefault("Content-Type", "application/json")
-    return httpx.post(server.url + path, content=body, headers=headers, timeout=60)
-
-
-def assert_openai_error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    return error
 
 
 # --- the OpenAI API through the official client -------------------------------------------------------------
@@ -273,7 +192,7 @@ def test_max_tokens_above_the_limit_is_400(server):
 def test_rate_limit_per_key_is_429(server):
     state = server.state
     saved = state.limiter
-    state.limiter = RateLimiter(2)
+    state.limiter = RateLimits(2, tokens_per_minute=100_000, auth_failures_per_minute=10)
     try:
         client(server).models.list()
         client(server).models.list()
@@ -311,9 +230,10 @@ def test_a_client_leaving_mid_stream_frees_its_slot_and_is_logged(server, projec
     finally:
         serve.max_tokens_limit = saved
     deadline = time.time() + 10
-    while httpx.get(server.url + "/health").json()["in_flight"] and time.time() < deadline:
+    key = {"Authorization": f"Bearer {KEY}"}  # without one /health says only ok or degraded
+    while httpx.get(server.url + "/health", headers=key).json()["in_flight"] and time.time() < deadline:
         time.sleep(0.05)
-    assert httpx.get(server.url + "/health").json()["in_flight"] == 0
+    assert httpx.get(server.url + "/health", headers=key).json()["in_flight"] == 0
     server.state.flush()
     with sqlite3.connect(project.root / "requests.db") as db:
         status, model = db.execute("SELECT status, model FROM requests ORDER BY id DESC LIMIT 1").fetchone()
@@ -348,7 +268,7 @@ def test_full_queue_is_503():
 
 
 def test_health_reports_preflight(server):
-    health = httpx.get(server.url + "/health").json()
+    health = httpx.get(server.url + "/health", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert health["status"] == "ok" and health["models"] == ["alpha", "beta"]
     assert health["preflight"]["alpha"]["status"] == "match" and health["preflight"]["alpha"]["checked"] == 3
     assert health["preflight"]["beta"]["status"] == "answered"  # no eval: says so instead of claiming a match
@@ -466,13 +386,13 @@ def test_pii_is_redacted_before_the_model_sees_it(guarded):
 
 
 def test_no_keys_means_loopback_only():
-    keys = ApiKeys.from_config(SimpleNamespace(api_keys=[], api_keys_env="TK_TEST_KEYS"), environ={})
+    keys = ApiKeys.from_config(SimpleNamespace(api_keys_env="TK_TEST_KEYS", api_keys_file=None), environ={})
     check_bind_is_safe("127.0.0.1", keys, "TK_TEST_KEYS")
     with pytest.raises(UserError, match="anyone on the network"):
         check_bind_is_safe("0.0.0.0", keys, "TK_TEST_KEYS")
-    from_env = ApiKeys.from_config(SimpleNamespace(api_keys=["a"], api_keys_env="TK_TEST_KEYS"),
-                                   environ={"TK_TEST_KEYS": "b, c,"})
-    assert from_env.keys == ("a", "b", "c") and from_env.check("Bearer c") == key_id_for("c")
+    from_env = ApiKeys.from_config(SimpleNamespace(api_keys_env="TK_TEST_KEYS", api_keys_file=None),
+                                   environ={"TK_TEST_KEYS": "a,b, c,"})
+    assert from_env.keys == ("a", "b", "c") and authenticate(from_env, "Bearer c") == key_id_for("c")
     check_bind_is_safe("0.0.0.0", from_env, "TK_TEST_KEYS")
 
 
@@ -528,19 +448,6 @@ def test_adapter_names_are_checked():
     for bad in ("../x=runs/a", "a/b=runs/a", "noequals", "=runs/a", " =runs/a"):
         with pytest.raises(UserError):
             parse_adapter_specs([bad])
-
-
-def test_rate_limiter_is_a_sliding_minute():
-    now = [0.0]
-    limiter = RateLimiter(2, clock=lambda: now[0])
-    limiter.hit("k")
-    limiter.hit("k")
-    limiter.hit("other")
-    with pytest.raises(ApiError) as caught:
-        limiter.hit("k")
-    assert caught.value.status == 429 and caught.value.headers["Retry-After"] == "60"
-    now[0] = 60.5
-    limiter.hit("k")
 
 
 # --- the command ------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BUILTIN_CANDIDATES = ("zero_shot", "few_shot", "rag", "finetuned")
 INPUT_POLICIES = ("pii", "injection", "denied_topics", "max_input_tokens")
@@ -122,18 +122,73 @@ class GuardConfig(Section):
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    api_keys: list[str] = Field(default_factory=list, description="bearer keys; empty: no auth (loopback only)")
-    api_keys_env: str = Field("TUNEKIT_API_KEYS", description="comma-separated keys from this variable too")
+    # Keys come from the environment or a file, never from this config: it is copied into run folders.
+    api_keys_env: str = Field("TUNEKIT_API_KEYS", description="comma-separated bearer keys from this variable; "
+                              "no keys anywhere: no auth (loopback only)")
+    api_keys_file: str | None = Field(None, description="file of bearer keys, one a line, # comments; "
+                                      "must not be writable by group or others")
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_tokens_limit: int = Field(512, ge=1, description="most new tokens one request may ask for")
     max_input_tokens: int = Field(4096, ge=1)
+    max_input_chars: int | None = Field(
+        None, ge=1, description="characters of message text per request, checked before tokenizing; "
+                               "default 16 x max_input_tokens")
     rate_limit_per_minute: int = Field(120, ge=1, description="requests per key (or client) per minute")
+    tokens_per_minute: int = Field(100_000, ge=1, description="tokens per key (or client) per minute: "
+                                   "max_tokens plus the prompt estimated at 4 characters a token")
+    auth_failures_per_minute: int = Field(10, ge=1, description="wrong or missing keys from one client address "
+                                          "before it gets 429s, even with a right key, for a minute")
+    trusted_proxies: list[str] = Field(default_factory=list, description="addresses or networks (CIDR) whose "
+                                       "X-Forwarded-For names the client; empty: the socket peer is the client")
     timeout_s: float = Field(120.0, gt=0)
     max_concurrency: int = Field(8, ge=1, description="requests decoded together")
     queue_size: int = Field(64, ge=1, description="waiting requests before 503")
     grounding: bool = Field(False, description="retrieve from rag.index and cite sources")
     log_db: str | None = Field(None, description="request log SQLite file (default: RUN/serve/requests.db)")
+    log_retention_days: float | None = Field(30.0, gt=0, description="delete logged requests older than this; "
+                                                                     "null: keep them all")
+    log_max_mb: float | None = Field(1024.0, gt=0, description="over this, the oldest logged requests are "
+                                                               "deleted; null: no cap")
+    log_queue_size: int = Field(10_000, ge=1, description="rows waiting to be logged; more are dropped and "
+                                                          "counted, so a slow disk never slows a request")
     preflight_prompts: int = Field(3, ge=0)
+
+    @property
+    def input_chars_limit(self) -> int:
+        return self.max_input_chars or 16 * self.max_input_tokens
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_keys_in_config(cls, value: object) -> object:
+        """`serve.api_keys` is gone: a key in a config ends up in every run folder and model card made from it.
+
+        Raised as a ConfigError, not a ValueError, so pydantic's message (which quotes the input) never
+        prints the key. An empty list is dropped quietly: older versions saved `api_keys: []` in each run."""
+        if isinstance(value, dict) and "api_keys" in value:
+            value = dict(value)
+            if value.pop("api_keys"):
+                from tunekit.errors import ConfigError
+
+                raise ConfigError("API keys are no longer read from a config file, which is copied into run "
+                                  "folders", where="serve.api_keys", fix="remove it; put the keys in "
+                                  "$TUNEKIT_API_KEYS or another variable named by serve.api_keys_env, or in "
+                                  "a file named by serve.api_keys_file")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: list[str]) -> list[str]:
+        """Written as uvicorn matches them; a malformed entry would otherwise be trusted never, silently."""
+        import ipaddress
+
+        normalized = []
+        for entry in value:
+            try:
+                normalized.append(str(ipaddress.ip_network(entry.strip(), strict=False)) if "/" in entry
+                                  else str(ipaddress.ip_address(entry.strip())))
+            except ValueError:
+                raise ValueError(f"'{entry}' is not an IP address or network such as 10.0.0.0/8") from None
+        return normalized
 
 
 class MonitorConfig(Section):

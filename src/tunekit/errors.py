@@ -48,6 +48,7 @@ INSTALL_COMMANDS = {
     "starlette": "pip install 'tunekit[serve]'",  # comes with fastapi
     "uvicorn": "pip install 'tunekit[serve]'",
     "prometheus_client": "pip install 'tunekit[serve]'",
+    "limits": "pip install 'tunekit[serve]'",
     "tensorboard": "pip install tensorboard",
     "mlflow": "pip install mlflow",
 }

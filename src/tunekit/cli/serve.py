@@ -8,7 +8,7 @@ import typer
 
 from tunekit.console import err_console
 
-SERVE_EXTRA = ("fastapi", "uvicorn", "prometheus_client")  # what `pip install 'tunekit[serve]'` adds
+SERVE_EXTRA = ("fastapi", "uvicorn", "prometheus_client", "limits")  # what `pip install 'tunekit[serve]'` adds
 
 
 def serve(
@@ -32,6 +32,7 @@ def serve(
 
     for module in SERVE_EXTRA:  # before minutes of loading, not after
         require(module, "tunekit serve")
+    from tunekit.secrets import ApiKeys
     from tunekit.serve.auth import check_bind_is_safe
     from tunekit.serve.loading import parse_adapter_specs
     from tunekit.serve.server import run_forever
@@ -43,9 +44,8 @@ def serve(
     cfg = serve_config(target, adapters, config, list(overrides or []))
     host = host or cfg.serve.host
     port = cfg.serve.port if port is None else port
-    from tunekit.serve.auth import ApiKeys
-
-    check_bind_is_safe(host, ApiKeys.from_config(cfg.serve), cfg.serve.api_keys_env)  # before minutes of loading
+    # Before minutes of loading: a missing or unsafe key file, or a public port without keys.
+    check_bind_is_safe(host, ApiKeys.from_config(cfg.serve, base_dir=cfg.base_dir), cfg.serve.api_keys_env)
     say = lambda msg: err_console.print(msg, highlight=False, markup=False)  # noqa: E731
     state = build_state(target, adapters=adapters, name=name, config=cfg, dtype=dtype, say=say)
     failed = [r for r in state.preflight.values() if not r.ok]
@@ -55,7 +55,10 @@ def serve(
         if strict_preflight:
             state.close()
             raise typer.Exit(1)
-    keys = "API keys required" if state.keys.required else "no API keys (loopback only)"
+    keys = (f"API keys from {' and '.join(state.keys.sources)} required" if state.keys.required
+            else "no API keys (loopback only)")
+    if cfg.serve.trusted_proxies:
+        keys += f"; X-Forwarded-For trusted from {', '.join(cfg.serve.trusted_proxies)}"
     err_console.print(f"listening on http://{host}:{port}/v1 ({keys}); request log: {state.request_log.path}; "
                       "Ctrl-C stops", highlight=False)
     try:

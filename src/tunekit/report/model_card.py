@@ -8,7 +8,6 @@ listed, because a model nobody owns is one nobody will fix.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -274,22 +273,33 @@ def wilson_upper(accuracy: float, rows: int) -> float:
 
 
 def _security(f: RunFacts) -> list[Item]:
-    serve, guard = f.cfg.serve, f.cfg.guard
-    env_keys = bool(os.environ.get(serve.api_keys_env, "").strip())
-    auth = bool(serve.api_keys) or env_keys
-    auth_source = f"{len(serve.api_keys)} key(s) in serve.api_keys" if serve.api_keys else f"${serve.api_keys_env}"
+    guard = f.cfg.guard
     policies = f"input: {', '.join(guard.input) or 'none'}; output: {', '.join(guard.output) or 'none'}"
     return [
-        Item("Security", "API authentication on", PASS if auth else FAIL,
-             f"bearer keys from {auth_source}" if auth else
-             f"no serve.api_keys and ${serve.api_keys_env} is not set here: anyone who reaches "
-             f"{serve.host}:{serve.port} can use the model"),
+        _authentication(f),
         Item("Security", "No remote code", FAIL if f.cfg.model.trust_remote_code else PASS,
              f"model.trust_remote_code: {str(f.cfg.model.trust_remote_code).lower()}"),
         _safetensors_only(f.folder),
         Item("Security", "Guardrails on", PASS if guard.enabled and (guard.input or guard.output) else FAIL,
              f"guard.enabled: {str(guard.enabled).lower()}; {policies}"),
     ]
+
+
+def _authentication(f: RunFacts) -> Item:
+    """Whether `tunekit serve` would find keys here, in the environment or the key file; values never shown."""
+    from tunekit.secrets import ApiKeys
+
+    title, serve = "API authentication on", f.cfg.serve
+    # A run's saved config: its relative paths are the project folder's, normally the current one (as for serve).
+    saved = f.run.resolve() in f.config_path.resolve().parents
+    try:
+        keys = ApiKeys.from_config(serve, base_dir=Path.cwd() if saved else f.cfg.base_dir)
+    except UserError as exc:
+        return Item("Security", title, FAIL, exc.render())
+    if keys.required:
+        return Item("Security", title, PASS, f"bearer keys from {' and '.join(keys.sources)}")
+    return Item("Security", title, FAIL, f"no serve.api_keys_file and ${serve.api_keys_env} is not set here: "
+                f"anyone who reaches {serve.host}:{serve.port} can use the model")
 
 
 def _safetensors_only(run: RunFolder) -> Item:

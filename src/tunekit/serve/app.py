@@ -20,6 +20,7 @@ try:
 except ImportError as exc:  # the serve extra is optional; everything else in tunekit works without it
     raise MissingDependency.of("fastapi", "serving", exc) from exc
 
+from tunekit.serve.admission import run_in_slot, take_slot
 from tunekit.serve.errors import ApiError, install_error_handlers, timed_out
 from tunekit.serve.jobs import Job, chat_job, completion_job
 from tunekit.serve.schemas import (
@@ -61,9 +62,9 @@ def create_app(state: Any) -> FastAPI:
 
     app.openapi = lambda: _openapi_with_limits(app, state.serve.max_tokens_limit)
 
-    @app.get("/health", response_model=Health)
-    async def health() -> Health:
-        return state.health()
+    @app.get("/health", response_model=Health, response_model_exclude_none=True, responses=ERROR_RESPONSES)
+    async def health(request: Request) -> Health:
+        return state.health(full=request.state.full_health)  # full: no keys configured, or a valid one sent
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics() -> Response:
@@ -98,12 +99,12 @@ async def _answer(state: Any, request: Request, body: Any, make_job: Any) -> Any
     job: Job | None = None
     try:
         job = make_job()
+        state.limiter.charge_tokens(request.state.limit_key, job)  # 429 past serve.tokens_per_minute
         job.deadline = started + state.serve.timeout_s
         if job.stream:
             return await stream_response(state, request, job, started)
-        async with state.gate.admit():  # time waiting here counts toward the timeout too
-            remaining = max(0.0, job.deadline - time.perf_counter())
-            answer = await asyncio.wait_for(state.run(_prepare_and_complete, state, job), timeout=remaining)
+        slot = await take_slot(state.gate, job.deadline)
+        answer = await run_in_slot(slot, state.workers, job.deadline, _prepare_and_complete, state, job)
     except asyncio.TimeoutError:
         error = timed_out(state.serve.timeout_s)
         _log_refusal(state, request, body, job, error, started)

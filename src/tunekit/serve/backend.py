@@ -24,6 +24,7 @@ class Backend:
         self.scheduler = BatchScheduler(self.generator)
         self.tokenizer = tokenizer
         self.context_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.control_tokens = control_tokens(tokenizer)
 
     @property
     def dtype_name(self) -> str:
@@ -70,3 +71,12 @@ class Backend:
         except UserError as exc:
             raise ApiError(400, exc.render()) from exc
 
+
+
+def control_tokens(tokenizer: Any) -> tuple[str, ...]:
+    """The text of every special token (`<|im_start|>`, `<|endoftext|>`...): typed by a client inside a message,
+    the rendered prompt would tokenize it into the real control token."""
+    specials = set(getattr(tokenizer, "all_special_tokens", []))
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    specials |= {added.content for added in decoder.values() if getattr(added, "special", False)}
+    return tuple(sorted(token for token in specials if token))

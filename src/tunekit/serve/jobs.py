@@ -44,14 +44,25 @@ class Job:
 def chat_job(body: ChatCompletionRequest, serve: ServeConfig, adapter_for: Any) -> Job:
     requested = body.max_completion_tokens or body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-    return Job(endpoint="/v1/chat/completions", messages=[_plain(m) for m in body.messages],
+    messages = [_plain(m) for m in body.messages]
+    _check_chars(sum(len(m["content"]) for m in messages), serve, "messages")
+    return Job(endpoint="/v1/chat/completions", messages=messages,
                prompt=None, **_common(body, serve, adapter_for, requested, param))
 
 
 def completion_job(body: CompletionRequest, serve: ServeConfig, adapter_for: Any) -> Job:
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]  # the schema allows one
+    _check_chars(len(prompt), serve, "prompt")
     return Job(endpoint="/v1/completions", messages=None, prompt=prompt,
                **_common(body, serve, adapter_for, body.max_tokens, "max_tokens"))
+
+
+def _check_chars(chars: int, serve: ServeConfig, param: str) -> None:
+    """Refuse text that cannot fit before it is rendered and tokenized (that work grows with its length)."""
+    limit = serve.input_chars_limit
+    if chars > limit:
+        raise ApiError(400, f"The input is {chars} characters, above this server's limit of {limit} "
+                            f"(serve.max_input_chars).", param=param, code="context_length_exceeded")
 
 
 def _common(body: Any, serve: ServeConfig, adapter_for: Any, requested: int | None, param: str) -> dict[str, Any]:

@@ -1,7 +1,13 @@
-"""Per-key rate limits and bounded concurrency with a queue.
+"""Per-key rate limits (on the `limits` library) and bounded concurrency with a queue.
 
-Hand-written (about 60 lines) rather than slowapi or limits: those bring a storage layer and decorators
-for a job that, in one server process, is a deque of timestamps per key and an asyncio semaphore.
+Three budgets a minute, kept in one in-process store (one server process; limits' Redis storage would share
+them between replicas):
+- requests per key (per client address when the server has no keys): a moving window, so no burst at a
+  window edge;
+- tokens per key: a fixed window from the key's first request, one counter a key rather than one entry a
+  token (a moving window would hold up to tokens_per_minute entries per client), and an exact Retry-After;
+- failed authentications per client address: past it, the client is refused before its key is checked, so
+  keys cannot be guessed quickly.
 """
 
 from __future__ import annotations
@@ -9,35 +15,76 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
+
+from tunekit.config_stages import ServeConfig
 from tunekit.serve.errors import ApiError
 
-WINDOW_S = 60.0
+if TYPE_CHECKING:
+    from tunekit.serve.jobs import Job
+
+CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text, which its own token limits estimate with too
 
 
-class RateLimiter:
-    """At most `per_minute` requests per key in any sliding 60-second window."""
+class RateLimits:
+    def __init__(self, requests_per_minute: int, tokens_per_minute: int, auth_failures_per_minute: int):
+        storage = MemoryStorage()
+        self._moving = MovingWindowRateLimiter(storage)
+        self._fixed = FixedWindowRateLimiter(storage)
+        self.requests = RateLimitItemPerMinute(requests_per_minute, namespace="requests")
+        self.tokens = RateLimitItemPerMinute(tokens_per_minute, namespace="tokens")
+        self.auth_failures = RateLimitItemPerMinute(auth_failures_per_minute, namespace="auth-failures")
 
-    def __init__(self, per_minute: int, clock=time.monotonic):
-        self.per_minute = per_minute
-        self.clock = clock
-        self._seen: dict[str, deque[float]] = {}
+    @classmethod
+    def from_config(cls, serve: ServeConfig) -> RateLimits:
+        return cls(serve.rate_limit_per_minute, serve.tokens_per_minute, serve.auth_failures_per_minute)
 
     def hit(self, key: str) -> None:
-        now = self.clock()
-        times = self._seen.setdefault(key, deque())
-        while times and times[0] <= now - WINDOW_S:
-            times.popleft()
-        if len(times) >= self.per_minute:
-            retry = max(1, math.ceil(times[0] + WINDOW_S - now))
-            raise ApiError(429, f"Rate limit reached: {self.per_minute} requests per minute. "
-                                f"Try again in {retry} s.", headers={"Retry-After": str(retry)})
-        times.append(now)
-        if len(self._seen) > 10_000:  # many one-off clients: forget the idle ones rather than grow forever
-            self._seen = {k: v for k, v in self._seen.items() if v and v[-1] > now - WINDOW_S}
+        """Count one request for `key`; a 429 when its last minute already holds the most allowed."""
+        if not self._moving.hit(self.requests, key):
+            raise self._refusal(self._moving, self.requests, key,
+                                f"Rate limit reached: {self.requests.amount} requests per minute")
+
+    def charge_tokens(self, key: str, job: Job) -> None:
+        """Charge `key` for `job` before it is generated; a 429 when that exceeds its tokens this minute.
+
+        Charged: the completion tokens the job may generate (max_tokens, or the server's limit when the
+        request set none) plus its input text estimated at CHARS_PER_TOKEN characters a token, since the
+        tokenizer runs later, in a worker thread. Nothing is refunded when the answer is shorter, and the
+        chat template and retrieved sources are not charged. A job larger than the whole budget is charged
+        the whole budget: it waits for a fresh minute rather than being refused forever."""
+        cost = min(self.tokens.amount, job.max_tokens + estimated_input_tokens(job))
+        if not self._fixed.test(self.tokens, key, cost=cost):  # test first: a refused charge must not count
+            raise self._refusal(self._fixed, self.tokens, key, f"Rate limit reached: {self.tokens.amount} tokens "
+                                f"per minute (this request is charged {cost}: max_tokens plus the prompt's estimate)")
+        self._fixed.hit(self.tokens, key, cost=cost)
+
+    def refuse_if_locked_out(self, client: str) -> None:
+        """A 429 for a client address with too many failed authentications in the last minute."""
+        if not self._moving.test(self.auth_failures, client):
+            raise self._refusal(self._moving, self.auth_failures, client, "Too many wrong or missing API keys "
+                                f"from your address ({self.auth_failures.amount} a minute)")
+
+    def failed_authentication(self, client: str) -> None:
+        self._moving.hit(self.auth_failures, client)
+
+    @staticmethod
+    def _refusal(limiter: RateLimiter, item: RateLimitItem, key: str, reason: str) -> ApiError:
+        reset = limiter.get_window_stats(item, key).reset_time
+        retry = min(item.get_expiry(), max(1, math.ceil(reset - time.time())))
+        return ApiError(429, f"{reason}. Try again in {retry} s.",
+                        headers={"Retry-After": str(retry)})
+
+
+def estimated_input_tokens(job: Job) -> int:
+    turns = job.messages if job.messages is not None else [{"content": job.prompt or ""}]
+    return math.ceil(sum(len(turn.get("content") or "") for turn in turns) / CHARS_PER_TOKEN)
 
 
 class AdmissionGate:

@@ -12,6 +12,8 @@ from tunekit.errors import require
 
 # Seconds; small models on a CPU answer in tens of milliseconds to tens of seconds.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# Why a request log row was lost: the writer's queue was full (the disk could not keep up), or the write failed.
+LOG_DROP_REASONS = ("queue_full", "write_error")
 
 
 class ServeMetrics:
@@ -32,6 +34,10 @@ class ServeMetrics:
         self.errors = Counter("tunekit_errors", "Requests that ended in an error", ["endpoint", "type"], **reg)
         self.in_flight = Gauge("tunekit_requests_in_flight", "Requests being generated", **reg)
         self.queued = Gauge("tunekit_requests_queued", "Requests waiting for a generation slot", **reg)
+        self.log_dropped = Counter("tunekit_request_log_dropped", "Request log rows never written",
+                                   ["reason"], **reg)
+        for reason in LOG_DROP_REASONS:  # listed at 0 from the start, so an alert on their rate has a baseline
+            self.log_dropped.labels(reason)
 
     def record(self, *, endpoint: str, model: str, status: int, latency_s: float, prompt_tokens: int = 0,
                completion_tokens: int = 0, error_type: str | None = None) -> None:
@@ -48,6 +54,9 @@ class ServeMetrics:
         for event in events:
             if event.get("action") in ("block", "fallback"):
                 self.guard_blocks.labels(event.get("stage", "?"), event.get("policy", "?")).inc()
+
+    def count_log_drop(self, reason: str) -> None:
+        self.log_dropped.labels(reason).inc()
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -1,7 +1,9 @@
 """The ASGI layer in front of every route: API keys, per-key rate limits, metrics and the error log.
 
 Keys and rate limits are checked before the body is read, so an unauthenticated or throttled client costs
-no JSON parsing, and a 401 comes first even when the body is also malformed (as with OpenAI's API).
+no JSON parsing, and a 401 comes first even when the body is also malformed (as with OpenAI's API). A client
+address with too many failed keys is refused before its key is even compared. The client address is the
+socket peer unless serve.trusted_proxies lets uvicorn take it from X-Forwarded-For (server.py).
 Plain ASGI rather than Starlette's BaseHTTPMiddleware, which buffers streamed responses.
 """
 
@@ -12,6 +14,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
+from tunekit.serve.auth import authenticate
 from tunekit.serve.errors import ERROR_CODES, ERROR_TYPES, ApiError
 
 GENERATION_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
@@ -39,7 +42,7 @@ class ApiMiddleware:
                 self._finish(scope, status["code"], started)
 
         try:
-            if scope["path"].startswith("/v1/"):
+            if scope["path"].startswith("/v1/") or scope["path"] == "/health":
                 refused = self._admit(scope, request_state)
                 if refused is not None:
                     await _send_error(refused, scope, receive, tracked_send)
@@ -74,18 +77,47 @@ class ApiMiddleware:
     def _admit(self, scope: dict, request_state: dict) -> ApiError | None:
         headers = dict(scope.get("headers") or [])
         authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+        client = (scope.get("client") or ("unknown", 0))[0]
+        if scope["path"] == "/health":
+            return self._admit_health(authorization, client, request_state)
         try:
-            key_id = self.state.keys.check(authorization)
+            key_id = self._authenticate(authorization, client)
         except ApiError as exc:
             request_state["unlogged"] = True  # unauthenticated traffic never reaches the request log
             return exc
         request_state["key_id"] = key_id
-        client = scope.get("client") or ("unknown", 0)
+        request_state["limit_key"] = key_id or f"ip:{client}"  # what the route charges tokens to
         try:
-            self.state.limiter.hit(key_id or f"ip:{client[0]}")
+            self.state.limiter.hit(request_state["limit_key"])
         except ApiError as exc:
             return exc
         return None
+
+    def _admit_health(self, authorization: str | None, client: str, request_state: dict) -> ApiError | None:
+        """/health answers anyone (load balancers probe it without keys), in full only to a key holder.
+
+        A key sent to /health is checked like any other: else /health would be a way to test keys unthrottled."""
+        if self.state.keys.required and authorization is None:
+            request_state["full_health"] = False
+            return None
+        try:
+            self._authenticate(authorization, client)
+        except ApiError as exc:
+            return exc
+        request_state["full_health"] = True
+        return None
+
+    def _authenticate(self, authorization: str | None, client: str) -> str | None:
+        """The key id (None without keys); a 429 for a locked-out client, a 401 (counted) for a wrong key."""
+        if not self.state.keys.required:
+            return None
+        limiter = self.state.limiter
+        limiter.refuse_if_locked_out(client)
+        try:
+            return authenticate(self.state.keys, authorization)
+        except ApiError:
+            limiter.failed_authentication(client)
+            raise
 
     def _finish(self, scope: dict, status: int, started: float) -> None:
         request_state = scope.get("state", {})

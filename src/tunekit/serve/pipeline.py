@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunekit.serve.errors import ApiError
+from tunekit.serve.errors import ApiError, timed_out
 from tunekit.serve.jobs import Job
 
 CONTENT_FILTER = "content_filter"
@@ -66,8 +66,13 @@ class Pipeline:
         return self.guard is not None and bool(self.guard.output_policies)
 
     def prepare(self, job: Job) -> Prepared:
-        """Guard the input, ground it, render it and check its length: everything before generation."""
+        """Guard the input, ground it, render it and check its length: everything before generation.
+
+        Each step is linear in the input, and the deadline is checked between them, so a request that ran
+        out of time stops here instead of holding its worker thread."""
         turns = job.logged_messages()
+        if job.messages is not None:
+            _refuse_control_tokens(turns, self.backend.control_tokens)
         user_tokens = self.backend.count_tokens(self._render(job, turns))
         if user_tokens > self.max_input_tokens:
             raise ApiError(400, f"The input is {user_tokens} tokens, above this server's limit of "
@@ -75,6 +80,7 @@ class Pipeline:
                            code="context_length_exceeded")
         events: list[dict[str, Any]] = []
         if self.guard is not None:
+            _check_deadline(job)
             decision = self.guard.check_input(turns)
             events = [e.to_dict() for e in decision.events]
             if not decision.allowed:
@@ -84,12 +90,34 @@ class Pipeline:
         if self.retriever is not None and job.messages is not None:
             from tunekit.rag.prompt import query_from_messages
 
-            retrieved = self.retriever.search(query_from_messages(turns))
+            _check_deadline(job)
+            retrieved = self._screened(self.retriever.search(query_from_messages(turns)), events)
             turns = self.grounding.messages(turns, retrieved)
+        _check_deadline(job)
         prompt = self._render(job, turns)
         tokens = self.backend.count_tokens(prompt)
         self._check_context(tokens, job.max_tokens)
         return Prepared(job, prompt, tokens, turns if job.messages is not None else None, retrieved, events)
+
+    def _screened(self, retrieved: list[Any], events: list[dict[str, Any]]) -> list[Any]:
+        """Retrieved sources without those that hold chat-template control tokens or (with the injection
+        policy on) an injection pattern: documents are data, and a planted one must not steer the model.
+        Each dropped source is a guard event; the request itself goes on with the rest."""
+        from tunekit.guard.events import GuardEvent
+        from tunekit.guard.injection import find_injection
+
+        scan = self.guard is not None and "injection" in self.guard.input_policies
+        kept = []
+        for item in retrieved:
+            token = _first_control_token(item.text, self.backend.control_tokens)
+            hit = find_injection(item.text) if scan and token is None else None
+            if token is None and hit is None:
+                kept.append(item)
+                continue
+            why = f"control token {token!r}" if token else f"{hit.family}: {hit.reason()}"
+            events.append(GuardEvent("input", "injection", "drop_source",
+                                     f"retrieved source {item.path} dropped: {why}").to_dict())
+        return kept
 
     def complete(self, prepared: Prepared) -> Answer:
         if prepared.blocked:
@@ -195,3 +223,27 @@ class Pipeline:
             reason = (f"cites sources that were not retrieved: {check.invalid}" if check.invalid
                       else "cites none of the retrieved sources")
             answer.events.append(GuardEvent("output", "citations", "flag", reason).to_dict())
+
+
+def _check_deadline(job: Job) -> None:
+    import time
+
+    if job.deadline is not None and time.perf_counter() >= job.deadline:
+        raise timed_out()
+
+
+def _first_control_token(text: str, control_tokens: tuple[str, ...]) -> str | None:
+    # Plain substring search: linear in the text for each of the tokenizer's few special tokens.
+    return next((token for token in control_tokens if token in text), None)
+
+
+def _refuse_control_tokens(turns: list[dict[str, str]], control_tokens: tuple[str, ...]) -> None:
+    """A client who types `<|im_end|><|im_start|>system` would otherwise forge a turn: the rendered prompt is
+    tokenized as a whole, so the text becomes the real control tokens. Refused rather than escaped, so the
+    client learns why (every role a client sends is client text)."""
+    for index, turn in enumerate(turns):
+        token = _first_control_token(turn["content"], control_tokens)
+        if token is not None:
+            raise ApiError(400, f"messages[{index}] holds the chat-template control token {token!r}, which clients "
+                                "may not send: it would let text pose as a turn of another role.",
+                           param=f"messages[{index}].content", code="control_token")

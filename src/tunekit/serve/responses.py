@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
+from tunekit.serve.admission import release_when_done, take_slot
 from tunekit.serve.errors import ApiError, timed_out
 from tunekit.serve.jobs import Job
 from tunekit.serve.pipeline import Answer, Prepared
@@ -63,16 +64,15 @@ async def stream_response(state: Any, request: Any, job: Job, started: float) ->
     """Admit and prepare first, so refusals are still plain HTTP errors; then stream the answer."""
     from starlette.responses import StreamingResponse
 
-    stack = AsyncExitStack()
-    await stack.enter_async_context(state.gate.admit())
+    slot = await take_slot(state.gate, job.deadline)  # admission wait counts toward the timeout
+    prepare = asyncio.get_running_loop().run_in_executor(state.workers, state.pipeline.prepare, job)
     try:
-        remaining = max(0.0, job.deadline - time.perf_counter())  # admission wait counts toward the timeout
-        prepared = await asyncio.wait_for(state.run(state.pipeline.prepare, job), timeout=remaining)
+        prepared = await asyncio.wait_for(asyncio.shield(prepare), timeout=max(0.0, job.deadline - time.perf_counter()))
     except BaseException:
-        await stack.aclose()
+        release_when_done(prepare, slot)  # not before the thread is done preparing
         raise
     request.state.logged = True
-    events = _events(state, request, prepared, started, stack)
+    events = _events(state, request, prepared, started, slot)
     return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
@@ -133,7 +133,7 @@ async def _events(state: Any, request: Any, prepared: Prepared, started: float,
         worker.cancel()  # only stops it if it has not started
         for submission in submissions:
             submission.cancel()  # no-op when it finished; else its row leaves the batch
-        await stack.aclose()
+        release_when_done(worker, stack)  # the slot is free once the thread is (at once if it never started)
 
 
 def _log_stream_error(state: Any, job: Job, key_id: str | None, error: ApiError, started: float) -> None:

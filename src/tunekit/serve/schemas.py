@@ -4,6 +4,12 @@ They double as the server's OpenAPI document (which schemathesis tests against).
 ignore fields we do not use, as OpenAI's own SDKs send many optional ones; fields we cannot honour
 (n > 1, logprobs, tools, echo) are constrained in the schema itself, so the document says what is
 refused and a request asking for them gets a 400 instead of being silently answered without them.
+
+Sizes are limited here, in the schema, so a hostile body is refused while it is parsed, before any
+rendering or tokenizing: message count, name lengths and stop sequences have fixed limits (below), and
+the characters of all message text together are checked against `serve.max_input_chars` in jobs.py.
+Every client string must be valid Unicode: JSON can carry a lone surrogate ("\\ud800"), which no
+tokenizer, log or error body can encode.
 """
 
 from __future__ import annotations
@@ -12,14 +18,29 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # "developer" is OpenAI's newer name for the system turn; chat templates only know "system".
 ROLE_ALIASES = {"developer": "system"}
 MAX_STOP_SEQUENCES = 4  # OpenAI's own limit
+MAX_STOP_CHARS = 256  # each stop sequence is searched for in the output at every step
+MAX_MESSAGES = 512
+MAX_NAME_CHARS = 256  # model, user and message names: identifiers, not text
 
 
-NonEmptyText = Annotated[str, Field(min_length=1)]
+def _valid_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"holds an unpaired surrogate (\\u{ord(text[exc.start]):04x}) at character {exc.start}: "
+                         "send valid Unicode") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_valid_unicode)]
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS), AfterValidator(_valid_unicode)]
+StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS), AfterValidator(_valid_unicode)]
 
 
 class Lenient(BaseModel):
@@ -28,13 +49,13 @@ class Lenient(BaseModel):
 
 class ContentPart(Lenient):
     type: Literal["text"] = Field(description="only text parts are supported")
-    text: str | None = None
+    text: Text | None = None
 
 
 class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
+    content: Text | Annotated[list[ContentPart], Field(max_length=MAX_MESSAGES)] | None = None
+    name: Name | None = None
 
 
 class StreamOptions(Lenient):
@@ -44,22 +65,22 @@ class StreamOptions(Lenient):
 class SamplingFields(Lenient):
     """What chat and text completions share."""
 
-    model: str = Field(description="a name from GET /v1/models: the base model or one adapter")
+    model: Name = Field(description="a name from GET /v1/models: the base model or one adapter")
     max_tokens: int | None = Field(None, ge=1, description="default and maximum: serve.max_tokens_limit")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="default 0: greedy, as evaluated")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     n: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    stop: NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=MAX_STOP_SEQUENCES)] | None = Field(
-        None, description=f"up to {MAX_STOP_SEQUENCES} stop sequences")
+    stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP_SEQUENCES)] | None = Field(
+        None, description=f"up to {MAX_STOP_SEQUENCES} stop sequences of up to {MAX_STOP_CHARS} characters")
     seed: int | None = None
-    user: str | None = None
+    user: Name | None = None
     logprobs: Literal[False, 0] | None = Field(None, description="not supported: omit it or send false")
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
     tools: list[dict[str, Any]] | None = Field(None, max_length=0, description="tool calling is not supported")
 
@@ -158,11 +179,13 @@ class ErrorBody(BaseModel):
 
 
 class Health(BaseModel):
+    """Without a key (when the server has keys) only `status`: the rest says what runs and how busy it is."""
+
     status: Literal["ok", "degraded"]
-    models: list[str]
-    preflight: dict[str, Any]
-    in_flight: int
-    queued: int
+    models: list[str] | None = None
+    preflight: dict[str, Any] | None = None
+    in_flight: int | None = None
+    queued: int | None = None
 
 
 def new_id(prefix: str) -> str:

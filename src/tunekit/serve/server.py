@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -39,11 +39,17 @@ class RunningServer:
         return f"{self.url}/v1"
 
 
-def uvicorn_server(app: Any, host: str, port: int, *, log_level: str = "warning") -> Any:
+def uvicorn_server(app: Any, host: str, port: int, *, trusted_proxies: Sequence[str] = (),
+                   log_level: str = "warning") -> Any:
+    """uvicorn on `host:port`, taking the client address from X-Forwarded-For only from `trusted_proxies`.
+
+    uvicorn's default trusts that header from 127.0.0.1 (or $FORWARDED_ALLOW_IPS): any local process could
+    then pose as a new client per request and get a fresh rate-limit and failed-key budget each time."""
     uvicorn = require("uvicorn", "serving")
     # The app has its own access log (SQLite) and metrics; uvicorn's per-request lines would only duplicate them.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=5, server_header=False)
+                            timeout_graceful_shutdown=5, server_header=False,
+                            proxy_headers=bool(trusted_proxies), forwarded_allow_ips=list(trusted_proxies))
     return uvicorn.Server(config)
 
 
@@ -57,7 +63,7 @@ def run_forever(state: Any, host: str, port: int) -> None:
     from tunekit.serve.app import create_app
 
     check_bind_is_safe(host, state.keys, state.serve.api_keys_env)
-    uvicorn_server(create_app(state), host, port).run()
+    uvicorn_server(create_app(state), host, port, trusted_proxies=state.serve.trusted_proxies).run()
 
 
 @contextmanager
@@ -66,7 +72,7 @@ def serve_in_thread(state: Any, host: str = "127.0.0.1", port: int = 0) -> Itera
     from tunekit.serve.app import create_app
 
     check_bind_is_safe(host, state.keys, state.serve.api_keys_env)
-    server = uvicorn_server(create_app(state), host, port)
+    server = uvicorn_server(create_app(state), host, port, trusted_proxies=state.serve.trusted_proxies)
     thread = threading.Thread(target=server.run, name="tunekit-serve", daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT_S

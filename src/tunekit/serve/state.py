@@ -22,10 +22,11 @@ from tunekit.config_stages import ServeConfig
 from tunekit.monitor.logdb import RequestLog, RequestRecord, utc_now
 from tunekit.rag.grounding import Grounding
 from tunekit.runfolder import RunFolder
-from tunekit.serve.auth import ApiKeys
+from tunekit.secrets import ApiKeys
 from tunekit.serve.jobs import Job
-from tunekit.serve.limits import AdmissionGate, RateLimiter
+from tunekit.serve.limits import AdmissionGate, RateLimits
 from tunekit.serve.loading import ServedModels, load_served
+from tunekit.serve.logwriter import RequestLogWriter
 from tunekit.serve.metrics import ServeMetrics
 from tunekit.serve.pipeline import Answer, Pipeline
 from tunekit.serve.preflight import PreflightResult, eval_settings, run_preflight
@@ -41,16 +42,21 @@ class ServerState:
     backend: Any
     pipeline: Pipeline
     keys: ApiKeys
-    limiter: RateLimiter
+    limiter: RateLimits
     metrics: ServeMetrics
     request_log: RequestLog | None
     preflight: dict[str, PreflightResult] = field(default_factory=dict)
     labelers: dict[str, Callable[[str], str | None]] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
     gate: AdmissionGate | None = None  # made per app: asyncio primitives belong to one event loop
-    # One writer thread: SQLite inserts leave the event loop, and rows keep their order.
-    _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "tunekit-log"))
+    # One writer thread with a bounded queue: redaction and SQLite inserts leave the request path (logwriter.py).
+    _writer: RequestLogWriter | None = field(default=None, init=False)
     _workers: ThreadPoolExecutor | None = None
+
+    def __post_init__(self) -> None:
+        if self.request_log is not None:  # started here so retention runs at start, before the first request
+            self._writer = RequestLogWriter.from_config(self.request_log, self.serve,
+                                                        on_drop=self.metrics.count_log_drop)
 
     @property
     def workers(self) -> ThreadPoolExecutor:
@@ -74,8 +80,11 @@ class ServerState:
         self.gate = AdmissionGate(self.serve.max_concurrency, self.serve.queue_size)
         return self.gate
 
-    def health(self) -> Health:
+    def health(self, full: bool = True) -> Health:
+        """The status, and with `full` the models, preflight results and load: those only to key holders."""
         bad = [r for r in self.preflight.values() if not r.ok]
+        if not full:
+            return Health(status="degraded" if bad else "ok")
         return Health(status="degraded" if bad else "ok", models=self.served.names,
                       preflight={name: r.to_json() for name, r in self.preflight.items()},
                       in_flight=self.gate.running if self.gate else 0, queued=self.gate.waiting if self.gate else 0)
@@ -107,24 +116,20 @@ class ServerState:
         log.error("generation failed", exc_info=exc)
 
     def _write(self, record: RequestRecord) -> None:
-        if self.request_log is not None:
-            self._writer.submit(self._write_now, record)
-
-    def _write_now(self, record: RequestRecord) -> None:
-        try:
-            self.request_log.write(record)  # type: ignore[union-attr]
-        except Exception:  # a full disk must not take the API down; the metrics still count the request
-            log.exception("could not write the request log")
+        if self._writer is not None:
+            self._writer.submit(record)
 
     def flush(self) -> None:
         """Wait until every row submitted so far is written."""
-        self._writer.submit(lambda: None).result()
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
         self.backend.close()
         if self._workers is not None:
             self._workers.shutdown(wait=True)
-        self._writer.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.close()
         if self.request_log is not None:
             self.request_log.close()
 
@@ -142,9 +147,12 @@ def build_state(target: str, *, adapters: list[tuple[str, Path]] | tuple = (), n
 
     offline_and_quiet()
     adapters = list(adapters)
-    # Every setting is checked before a model loads: the config, the guard's regexes and schema, the index.
+    # Every setting is checked before a model loads: the config, the keys, the guard's regexes and schema, the index.
     cfg = serve_config(target, adapters, config, list(overrides))
     _guardrails(cfg, None)
+    keys = ApiKeys.from_config(cfg.serve, base_dir=cfg.base_dir)
+    for note in keys.notes:
+        say(f"warning: {note}")
     retriever = _retriever(cfg, say)
     served = load_served(target, adapters, name=name, say=say)
     runs = {n: (run_dir, _run_cfg(served, n, cfg)) for n, run_dir in served.runs().items()}
@@ -154,8 +162,8 @@ def build_state(target: str, *, adapters: list[tuple[str, Path]] | tuple = (), n
     pipeline = Pipeline(backend, guard=_guardrails(cfg, served.tokenizer), retriever=retriever,
                         grounding=Grounding.from_config(cfg), max_input_tokens=cfg.serve.max_input_tokens)
     preflight = run_preflight(backend, runs, cfg.serve.preflight_prompts, dtype_note=dtype_note, say=say)
-    return ServerState(cfg=cfg, served=served, backend=backend, pipeline=pipeline, keys=ApiKeys.from_config(cfg.serve),
-                       limiter=RateLimiter(cfg.serve.rate_limit_per_minute), metrics=ServeMetrics(),
+    return ServerState(cfg=cfg, served=served, backend=backend, pipeline=pipeline, keys=keys,
+                       limiter=RateLimits.from_config(cfg.serve), metrics=ServeMetrics(),
                        request_log=RequestLog(_log_path(cfg, served)), preflight=preflight,
                        labelers={n: _labeler(run_dir, c) for n, (run_dir, c) in runs.items()})
 
