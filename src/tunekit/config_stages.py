@@ -127,6 +127,9 @@ class ServeConfig(Section):
                               "no keys anywhere: no auth (loopback only)")
     api_keys_file: str | None = Field(None, description="file of bearer keys, one a line, # comments; "
                                       "must not be writable by group or others")
+    admin_keys_env: str = Field("TUNEKIT_ADMIN_KEYS", description="comma-separated bearer keys for "
+                                "/v1/load_lora_adapter and /v1/unload_lora_adapter, from this variable only; "
+                                "none: those routes answer 403. API keys never open them")
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_tokens_limit: int = Field(512, ge=1, description="most new tokens one request may ask for")
     max_input_tokens: int = Field(4096, ge=1)

@@ -43,6 +43,19 @@ class ApiKeys:
                 notes.append(f"{path} is readable by group or others, who can then use the API (chmod 600 {path})")
         return cls(tuple(dict.fromkeys(keys)), tuple(sources), tuple(notes))  # ordered, unique
 
+    @classmethod
+    def admin_from_config(cls, serve: ServeConfig, api_keys: ApiKeys, *,
+                          environ: dict[str, str] | None = None) -> ApiKeys:
+        """Admin keys (they load and unload adapters) from `serve.admin_keys_env` only: no key file, so there is
+        one place to look for them. A ConfigError when one is also an API key: each set must open only its routes."""
+        environ = os.environ if environ is None else environ
+        keys = tuple(dict.fromkeys(k.strip() for k in environ.get(serve.admin_keys_env, "").split(",") if k.strip()))
+        if any(api_keys.matching(key) for key in keys):
+            raise ConfigError(f"a key in ${serve.admin_keys_env} is also an API key, so API clients could load and "
+                              "unload adapters", where="serve.admin_keys_env",
+                              fix="give admins keys of their own, not used as API keys")
+        return cls(keys, (f"${serve.admin_keys_env}",) if keys else ())
+
     @property
     def required(self) -> bool:
         return bool(self.keys)

@@ -59,6 +59,8 @@ def serve(
             else "no API keys (loopback only)")
     if cfg.serve.trusted_proxies:
         keys += f"; X-Forwarded-For trusted from {', '.join(cfg.serve.trusted_proxies)}"
+    if state.admin_keys.required:
+        keys += f"; /v1/load_lora_adapter and /v1/unload_lora_adapter open to keys from ${cfg.serve.admin_keys_env}"
     err_console.print(f"listening on http://{host}:{port}/v1 ({keys}); request log: {state.request_log.path}; "
                       "Ctrl-C stops", highlight=False)
     try:

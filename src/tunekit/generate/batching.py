@@ -104,10 +104,18 @@ class BatchRunner:
 
     @property
     def next_adapter(self) -> str | None:
-        """The adapter the next step runs with."""
-        if self.batch is not None or not self.pending:
-            return self.adapter
-        return self.pending[0].adapter
+        """The adapter the next step runs with: a running row's, else the oldest waiting request's.
+
+        Not `self.adapter` while a batch runs: with mixed adapters, the row it came from may have left, and
+        its adapter may since have been unloaded (`BatchScheduler.retire_adapter`)."""
+        if self.batch is not None and self.batch.rows:
+            return self.batch.rows[0].adapter
+        return self.pending[0].adapter if self.pending else self.adapter
+
+    @property
+    def requests(self) -> list[Request]:
+        """Every request waiting or running here."""
+        return self.pending + (self.batch.rows if self.batch is not None else [])
 
     def add(self, requests: list[Request]) -> None:
         self.pending.extend(requests)

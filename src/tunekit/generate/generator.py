@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from tunekit.devices import DTYPES, pick_device
@@ -152,6 +153,41 @@ class Generator:
     def runner(self) -> BatchRunner:
         return BatchRunner(self.model, self.shape, self.limits, self.eos_ids, self.pad_id, self._select_adapter,
                            mixes_adapters=model_prep.mixes_adapters(self.model))
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Add the PEFT adapter saved in `path` as `name` to the model this generator decodes.
+
+        That model may be a dtype copy of the one passed in, so adding it to the caller's model would not
+        reach it. The new weights are converted to the inference dtype, as the ones present at start were
+        (`model_prep.inference_model`), so an adapter answers the same whether it was loaded then or now."""
+        if not model_prep.is_peft(self.model):
+            raise UserError("the model has no adapters, so none can be added", where="adapter",
+                            fix="load the model with at least one adapter")
+        with self._lock:  # no step runs on a half-loaded adapter
+            if name in self.model.peft_config:
+                raise UserError(f"adapter '{name}' is already loaded", where="adapter")
+            before = {id(p) for p in self.model.parameters()}
+            try:
+                self.model.load_adapter(str(path), adapter_name=name, torch_device=str(self.device.device))
+            except Exception:
+                if name in self.model.peft_config:  # PEFT adds the adapter before reading its weights
+                    self.model.delete_adapter(name)
+                raise
+            model_prep.convert_new_parameters(self.model, before, self.device.dtype)
+
+    def unload_adapter(self, name: str) -> None:
+        """Delete adapter `name`; if it was the default one, another becomes the default.
+
+        Not for adapters that requests in flight may still use: `BatchScheduler.retire_adapter` waits for those."""
+        with self._lock:
+            if not model_prep.is_peft(self.model) or name not in self.model.peft_config:
+                raise UserError(f"no adapter named '{name}'", where="adapter")
+            if len(self.model.peft_config) == 1:
+                raise UserError(f"'{name}' is the model's only adapter", where="adapter",
+                                fix="load another adapter before removing this one")
+            self.model.delete_adapter(name)
+            if self.default_adapter == name:
+                self.default_adapter = next(iter(self.model.peft_config))
 
     def uses_fallback(self, adapter: str | None) -> bool:
         return model_prep.fallback_reason(self.model, adapter) is not None

@@ -79,6 +79,18 @@ def inference_model(model: Any, dtype: torch.dtype) -> Any:
     return copy.deepcopy(model, memo).eval()
 
 
+def convert_new_parameters(model: Any, before: set[int], dtype: torch.dtype) -> None:
+    """Put the floating parameters of `model` not in `before` (ids) in `dtype`, frozen: an adapter added to a
+    model that `inference_model` already converted (quantized models keep the dtypes PEFT chose)."""
+    if is_quantized(model):
+        return
+    for param in model.parameters():
+        if id(param) not in before:
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+            param.requires_grad_(False)
+
+
 def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     """The tokenizer's EOS and every EOS of the model's generation config (chat models often list several)."""
     ids: set[int] = set()

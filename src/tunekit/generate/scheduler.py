@@ -18,6 +18,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from tunekit.generate.batching import BatchRunner, Request
@@ -93,6 +94,7 @@ class BatchScheduler:
         self._runner: BatchRunner = generator.runner()
         self._incoming: list[Submission] = []
         self._live: list[Submission] = []
+        self._retiring: dict[str, Future[None]] = {}  # adapters to delete once no request uses them
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="tunekit-batch-scheduler", daemon=True)
@@ -106,9 +108,33 @@ class BatchScheduler:
         with self._wake:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
+            # Again under the lock that retirement holds: the adapter may have been deleted since the check above.
+            self.generator.resolve_adapter(request.adapter)
             self._incoming.append(submission)
             self._wake.notify()
         return submission
+
+    def retire_adapter(self, name: str, timeout: float) -> None:
+        """Delete adapter `name` from the model once no request for it is queued or decoding: requests already
+        submitted for it finish first. A TimeoutError, with the adapter kept, if some still run after `timeout` s.
+
+        The scheduler's thread checks and deletes, holding the lock `submit` takes, so no request for the
+        adapter can be queued in between and then meet a model without it (which would fail its whole batch)."""
+        retired: Future[None] = Future()
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the scheduler is closed")
+            self._retiring[name] = retired
+            self._wake.notify()
+        try:
+            retired.result(timeout)
+        except FutureTimeout:
+            with self._wake:
+                if self._retiring.get(name) is retired:
+                    del self._retiring[name]
+            if not retired.done():
+                raise
+            retired.result()  # deleted (or failed) just as the wait ended
 
     def close(self) -> None:
         """Finish what was submitted, then stop the thread."""
@@ -126,9 +152,12 @@ class BatchScheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not (self._incoming or self._runner.busy or self._closed):
+                while not (self._incoming or self._runner.busy or self._closed or self._retiring):
                     self._wake.wait()
+                self._retire_unused()
                 if self._closed and not (self._incoming or self._runner.busy):
+                    for retired in self._retiring.values():
+                        retired.set_exception(RuntimeError("the scheduler is closed"))
                     return
                 arrived, self._incoming = self._incoming, []
             try:
@@ -144,6 +173,22 @@ class BatchScheduler:
             for submission in self._live:
                 submission.publish()
             self._live = [s for s in self._live if not (s.request.done or s.request.cancelled)]
+
+    def _retire_unused(self) -> None:
+        """Delete each adapter asked to retire that no queued or running request uses (called holding _wake)."""
+        if not self._retiring:
+            return
+        used = {s.request.adapter for s in self._incoming} | {r.adapter for r in self._runner.requests}
+        for name, retired in list(self._retiring.items()):
+            if name in used:
+                continue
+            del self._retiring[name]
+            try:
+                self.generator.unload_adapter(name)
+            except Exception as error:
+                retired.set_exception(error)
+            else:
+                retired.set_result(None)
 
     def _take(self, arrived: list[Submission]) -> None:
         """Queue new requests in the batch runner; the ones it cannot batch run to the end right away."""

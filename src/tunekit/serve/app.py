@@ -1,4 +1,5 @@
-"""The HTTP API: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus /health and /metrics.
+"""The HTTP API: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus /health and /metrics, and
+vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter behind admin keys (admin.py).
 
 Routes only translate: a request becomes a checked Job (jobs.py), the Pipeline answers it in a worker
 thread (pipeline.py), and the answer becomes OpenAI's response shape, whole or as server-sent events
@@ -49,6 +50,7 @@ STREAM_RESPONSE = {"description": "with stream=true: server-sent events, one chu
 
 def create_app(state: Any) -> FastAPI:
     from tunekit import __version__
+    from tunekit.serve.admin import install_admin_routes
     from tunekit.serve.middleware import ApiMiddleware
 
     app = FastAPI(title="tunekit", version=__version__,
@@ -88,6 +90,7 @@ def create_app(state: Any) -> FastAPI:
     async def completions(body: CompletionRequest, request: Request) -> Any:
         return await _answer(state, request, body, lambda: completion_job(body, state.serve, state.served.adapter_for))
 
+    install_admin_routes(app, state)
     return app
 
 

@@ -17,16 +17,17 @@ from tunekit.serve.errors import ApiError
 BEARER = "bearer "
 
 
-def authenticate(keys: ApiKeys, authorization: str | None) -> str | None:
-    """The caller's key id, or None when no keys are configured; a 401 ApiError otherwise."""
+def authenticate(keys: ApiKeys, authorization: str | None, kind: str = "API key") -> str | None:
+    """The caller's key id, or None when no keys are configured; a 401 ApiError otherwise. `kind` names the
+    keys in messages ("admin key" on the admin routes)."""
     if not keys.required:
         return None
     if not authorization or not authorization.lower().startswith(BEARER):
-        raise ApiError(401, "Missing API key: send 'Authorization: Bearer KEY'.",
+        raise ApiError(401, f"Missing {kind}: send 'Authorization: Bearer KEY'.",
                        headers={"WWW-Authenticate": "Bearer"})
     matched = keys.matching(authorization[len(BEARER):].strip())
     if matched is None:
-        raise ApiError(401, "Incorrect API key provided.", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, f"Incorrect {kind} provided.", headers={"WWW-Authenticate": "Bearer"})
     return key_id_for(matched)
 
 

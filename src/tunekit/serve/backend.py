@@ -13,7 +13,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from tunekit.errors import UserError
-from tunekit.serve.errors import ApiError, timed_out
+from tunekit.serve.errors import ApiError, model_not_found, timed_out
 
 
 class Backend:
@@ -61,6 +61,14 @@ class Backend:
         and `cancel()` takes it out of the batch."""
         return self._submit(prompt, params, adapter, stream=True)
 
+    def load_adapter(self, name: str, path: Any) -> None:
+        """Add an adapter to the model the generator decodes (a dtype copy of the served one, maybe)."""
+        self.generator.load_adapter(name, path)
+
+    def unload_adapter(self, name: str, timeout: float) -> None:
+        """Delete an adapter once its requests in flight are done; TimeoutError (adapter kept) after `timeout` s."""
+        self.scheduler.retire_adapter(name, timeout)
+
     def close(self) -> None:
         """Finish what was submitted and stop the scheduler's thread."""
         self.scheduler.close()
@@ -69,8 +77,9 @@ class Backend:
         try:
             return self.scheduler.submit(prompt, params, adapter, stream=stream)
         except UserError as exc:
+            if exc.where == "adapter":  # unloaded after the request's model was looked up (admin.py)
+                raise model_not_found(adapter or "", list(getattr(self.generator.model, "peft_config", {}))) from exc
             raise ApiError(400, exc.render()) from exc
-
 
 
 def control_tokens(tokenizer: Any) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ import torch
 from tunekit.config import ProjectConfig
 from tunekit.errors import UserError
 from tunekit.runfolder import RunFolder
-from tunekit.serve.errors import model_not_found
+from tunekit.serve.errors import ApiError, model_not_found
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
@@ -44,6 +44,7 @@ class ServedModels:
     adapters: dict[str, ServedAdapter] = field(default_factory=dict)
     full_run: tuple[str, Path] | None = None  # a run with full weights (no adapter): (name, run folder)
     primary_cfg: ProjectConfig | None = None  # the first run's config
+    base_path: Path | None = None  # the base model's folder, which adapters loaded later must be trained on
 
     @property
     def names(self) -> list[str]:
@@ -110,6 +111,34 @@ def load_served(target: str, adapters: list[tuple[str, Path]], *, name: str | No
     return _load_base_and_adapters(None if target_is_run else target, runs, dtype, say)
 
 
+def adapter_to_add(served: ServedModels, name: str, run: Path) -> ServedAdapter:
+    """`run` as an adapter to add while serving, as `name`: checked as the ones given at start were (same base,
+    chat template and kind of adapter), before any weight is read. An ApiError says what is wrong."""
+    from tunekit.models.runs import is_run
+
+    if not NAME_PATTERN.match(name):
+        raise ApiError(400, f"lora_name '{name}' is not allowed: use 1-64 letters, digits, '.', '_', ':' or '-', "
+                       "starting with a letter or digit.", param="lora_name")
+    if served.full_run or not served.adapters or served.base_path is None:
+        raise ApiError(409, "This server was started without adapters, so its model is not a PeftModel and cannot "
+                       "take one: start it with at least one adapter (--adapter NAME=RUN).", code="no_adapters")
+    if name in served.adapters:
+        raise ApiError(409, f"An adapter named '{name}' is already loaded: unload it first or choose another "
+                       "lora_name.", param="lora_name", code="adapter_exists")
+    try:
+        finished = is_run(run)
+    except (OSError, ValueError):  # e.g. a NUL byte in the path
+        finished = False
+    if not finished:
+        raise ApiError(400, f"lora_path '{run}' is not a finished tunekit run (no config.yaml with adapter/).",
+                       param="lora_path")
+    try:
+        return _checked_adapter(name, run.resolve(), RunFolder(run).config(), served.base_path, served.tokenizer,
+                                served.adapters)
+    except UserError as exc:
+        raise ApiError(400, exc.render(), param="lora_path") from exc
+
+
 def _load_full_run(runs: list[tuple[str, Path]], dtype: torch.dtype) -> ServedModels:
     from tunekit.models.runs import load_run
 
@@ -141,7 +170,7 @@ def _load_base_and_adapters(model_ref: str | None, runs: list[tuple[str, Path]],
         served[name] = _checked_adapter(name, run_dir, cfg, resolved.path, tokenizer, served)
     model = load_model(resolved, dtype=dtype, trust_remote_code=trust).eval()
     model = _attach_adapters(model, served)
-    return ServedModels(resolved.name, model, tokenizer, served, primary_cfg=base_cfg)
+    return ServedModels(resolved.name, model, tokenizer, served, primary_cfg=base_cfg, base_path=resolved.path)
 
 
 def _checked_adapter(name: str, run_dir: Path, cfg: ProjectConfig, base_path: Path, tokenizer: Any,

@@ -1,5 +1,7 @@
 """The ASGI layer in front of every route: API keys, per-key rate limits, metrics and the error log.
 
+The admin routes (ADMIN_ENDPOINTS, admin.py) take admin keys instead, never API keys, and are off without them.
+
 Keys and rate limits are checked before the body is read, so an unauthenticated or throttled client costs
 no JSON parsing, and a 401 comes first even when the body is also malformed (as with OpenAI's API). A client
 address with too many failed keys is refused before its key is even compared. The client address is the
@@ -18,7 +20,9 @@ from tunekit.serve.auth import authenticate
 from tunekit.serve.errors import ERROR_CODES, ERROR_TYPES, ApiError
 
 GENERATION_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
-KNOWN_ENDPOINTS = (*GENERATION_ENDPOINTS, "/v1/models", "/health", "/metrics", "/openapi.json", "/docs")
+ADMIN_ENDPOINTS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
+KNOWN_ENDPOINTS = (*GENERATION_ENDPOINTS, *ADMIN_ENDPOINTS, "/v1/models", "/health", "/metrics", "/openapi.json",
+                   "/docs")
 
 
 class ApiMiddleware:
@@ -80,6 +84,8 @@ class ApiMiddleware:
         client = (scope.get("client") or ("unknown", 0))[0]
         if scope["path"] == "/health":
             return self._admit_health(authorization, client, request_state)
+        if scope["path"] in ADMIN_ENDPOINTS:
+            return self._admit_admin(authorization, client, request_state)
         try:
             key_id = self._authenticate(authorization, client)
         except ApiError as exc:
@@ -107,14 +113,28 @@ class ApiMiddleware:
         request_state["full_health"] = True
         return None
 
-    def _authenticate(self, authorization: str | None, client: str) -> str | None:
+    def _admit_admin(self, authorization: str | None, client: str, request_state: dict) -> ApiError | None:
+        """Admin keys only: an API key is as wrong here as any other (and counts toward the lockout). No rate
+        limit: admin calls are few, and a budget shared with API traffic could lock the operator out."""
+        request_state["unlogged"] = True  # the request log holds completions
+        if not self.state.admin_keys.required:
+            return ApiError(403, f"The admin endpoints are off: set admin keys in ${self.state.serve.admin_keys_env} "
+                            "(serve.admin_keys_env) and restart the server to enable them.", code="admin_disabled")
+        try:
+            request_state["key_id"] = self._authenticate(authorization, client, admin=True)
+        except ApiError as exc:
+            return exc
+        return None
+
+    def _authenticate(self, authorization: str | None, client: str, *, admin: bool = False) -> str | None:
         """The key id (None without keys); a 429 for a locked-out client, a 401 (counted) for a wrong key."""
-        if not self.state.keys.required:
+        keys = self.state.admin_keys if admin else self.state.keys
+        if not keys.required:
             return None
         limiter = self.state.limiter
         limiter.refuse_if_locked_out(client)
         try:
-            return authenticate(self.state.keys, authorization)
+            return authenticate(keys, authorization, "admin key" if admin else "API key")
         except ApiError:
             limiter.failed_authentication(client)
             raise

@@ -188,5 +188,26 @@ class Health(BaseModel):
     queued: int | None = None
 
 
+class LoadLoraAdapterRequest(Lenient):
+    """vLLM's body for /v1/load_lora_adapter; `lora_path` is a tunekit run folder on the server."""
+
+    lora_name: Name = Field(description="the model name clients will ask for")
+    lora_path: Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_valid_unicode)]
+
+
+class UnloadLoraAdapterRequest(Lenient):
+    lora_name: Name
+
+
+class AdapterChange(BaseModel):
+    """What an admin call changed, and the models served now."""
+
+    object: Literal["lora_adapter"] = "lora_adapter"
+    lora_name: str
+    status: Literal["loaded", "unloaded"]
+    models: list[str]
+    preflight: dict[str, Any] | None = Field(None, description="the loaded adapter's check against its eval")
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"

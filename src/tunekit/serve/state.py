@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,9 @@ class ServerState:
     preflight: dict[str, PreflightResult] = field(default_factory=dict)
     labelers: dict[str, Callable[[str], str | None]] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
+    admin_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))  # none: the admin routes are off
+    # Adapters are loaded and unloaded one change at a time (admin.py).
+    admin_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     gate: AdmissionGate | None = None  # made per app: asyncio primitives belong to one event loop
     # One writer thread with a bounded queue: redaction and SQLite inserts leave the request path (logwriter.py).
     _writer: RequestLogWriter | None = field(default=None, init=False)
@@ -151,6 +155,7 @@ def build_state(target: str, *, adapters: list[tuple[str, Path]] | tuple = (), n
     cfg = serve_config(target, adapters, config, list(overrides))
     _guardrails(cfg, None)
     keys = ApiKeys.from_config(cfg.serve, base_dir=cfg.base_dir)
+    admin_keys = ApiKeys.admin_from_config(cfg.serve, keys)
     for note in keys.notes:
         say(f"warning: {note}")
     retriever = _retriever(cfg, say)
@@ -165,7 +170,8 @@ def build_state(target: str, *, adapters: list[tuple[str, Path]] | tuple = (), n
     return ServerState(cfg=cfg, served=served, backend=backend, pipeline=pipeline, keys=keys,
                        limiter=RateLimits.from_config(cfg.serve), metrics=ServeMetrics(),
                        request_log=RequestLog(_log_path(cfg, served)), preflight=preflight,
-                       labelers={n: _labeler(run_dir, c) for n, (run_dir, c) in runs.items()})
+                       labelers={n: run_labeler(run_dir, c) for n, (run_dir, c) in runs.items()},
+                       admin_keys=admin_keys)
 
 
 def serve_config(target: str, adapters: list[tuple[str, Path]], config: str | Path | ProjectConfig | None,
@@ -244,7 +250,7 @@ def _log_path(cfg: ProjectConfig, served: ServedModels) -> Path:
     return root / "serve" / "requests.db"
 
 
-def _labeler(run_dir: Path, cfg: ProjectConfig) -> Callable[[str], str | None] | None:
+def run_labeler(run_dir: Path, cfg: ProjectConfig) -> Callable[[str], str | None] | None:
     """For classification runs: the label in an answer, logged so the monitor can see label drift."""
     from tunekit.data.answers import label_of_answer
 
