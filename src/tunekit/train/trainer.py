@@ -147,9 +147,10 @@ def _loop(cfg: ProjectConfig, run: RunSetup, acc: Any, wrapped: Any, runner: Ste
     speed = Throughput()
     task = progress.add_task("training", total=total_steps, completed=state.step) if progress else None
     stop_reason = "completed"
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    stop_requests = _StopRequests(acc)
     wrapped.train()
     try:
+        stop_requests.install()
         while state.step < total_steps:
             started = time.perf_counter()
             result = runner.step(state)
@@ -176,22 +177,50 @@ def _loop(cfg: ProjectConfig, run: RunSetup, acc: Any, wrapped: Any, runner: Ste
             if progress is not None:
                 progress.update(task, completed=state.step, loss=result.loss, lr=record["lr"],
                                 tps=speed.tokens_per_s)
+            if acc.check_trigger():  # a stop signal reached some process: every process stops after this step
+                stop_reason = "interrupted"
             if state.step % save_every == 0 or stop_reason != "completed" or state.step == total_steps:
                 _save(run, acc, wrapped, runner, state)
             if stop_reason != "completed":
                 break
-    except KeyboardInterrupt:
-        _save(run, acc, wrapped, runner, state)
-        raise TrainingStopped(
-            f"interrupted at step {state.step}; checkpoint saved", fix="continue with training.resume=auto"
-        ) from None
+    except KeyboardInterrupt:  # a second signal: stop now; a checkpoint now could hang on a process gone
+        raise TrainingStopped(f"interrupted twice at step {state.step}; the last saved checkpoint is kept",
+                              fix="continue with training.resume=auto") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        stop_requests.restore()
+    if stop_reason == "interrupted":
+        raise TrainingStopped(f"interrupted at step {state.step}; checkpoint saved",
+                              fix="continue with training.resume=auto")
     return {"state": state, "speed": speed, "total_steps": total_steps, "stop_reason": stop_reason}
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class _StopRequests:
+    """SIGINT and SIGTERM during training ask to stop after the current step, with a checkpoint.
+
+    The request goes through accelerate's trigger, which `check_trigger` reduces over all processes at each
+    step, so every process stops after the same step and they save one checkpoint together; stopping each
+    where its own signal arrived left one waiting at a barrier for a peer that had exited. A second
+    signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, acc: Any):
+        self.acc = acc
+        self.received = 0
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        self.previous = {signum: signal.signal(signum, self._on_signal) for signum in self.SIGNALS}
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.received += 1
+        if self.received > 1:
+            raise KeyboardInterrupt
+        self.acc.set_trigger()
 
 
 def _early_stop(state: TrainState, val_loss: float | None, patience: int | None) -> bool:
