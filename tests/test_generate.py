@@ -242,18 +242,35 @@ def test_rows_of_different_lora_adapters_decode_in_one_batch(tiny_model_dir: Pat
     gen = Generator(peft, tokenizer, dtype="fp32")
     params = GenerationParams(max_new_tokens=12)
     alone = {name: [o.text for o in gen.generate(PROMPTS, params, adapter=name)] for name in ("first", "second")}
-    mixed_calls = []
-    hook = peft.register_forward_pre_hook(
-        lambda _m, _a, kwargs: mixed_calls.append(set(kwargs.get("adapter_names") or ())), with_kwargs=True)
-    try:
-        with BatchScheduler(gen) as scheduler:
-            names = ["first", "second"] * len(PROMPTS)
-            jobs = [scheduler.submit(PROMPTS[i // 2], params, adapter=name) for i, name in enumerate(names)]
-            texts = [job.result(timeout=60).text for job in jobs]
-    finally:
-        hook.remove()
+    with BatchScheduler(gen) as scheduler:
+        names = ["first", "second"] * len(PROMPTS)
+        jobs = [scheduler.submit(PROMPTS[i // 2], params, adapter=name) for i, name in enumerate(names)]
+        texts = [job.result(timeout=60).text for job in jobs]
     assert texts[0::2] == alone["first"] and texts[1::2] == alone["second"]  # each row its own adapter's answer
-    assert {"first", "second"} in mixed_calls  # and they shared forward passes
+    assert gen.stacked_lora.mixed_forwards > 0  # and they shared forward passes
+
+
+def test_stacked_lora_forward_equals_peft_mixed_batch_forward(tiny_model_dir: Path) -> None:
+    from peft import LoraConfig
+
+    from tunekit.generate.multi_lora import StackedLora
+
+    peft = two_adapters(tiny_model_dir, lora_config())
+    wider = LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "o_proj", "down_proj"], init_lora_weights=False)
+    peft.add_adapter("third", wider)  # another rank, and layers the first two do not touch
+    stacked = StackedLora(peft)
+    assert stacked.usable
+    ids = torch.randint(3, 200, (5, 7), generator=torch.Generator().manual_seed(3))
+    rows = ["first", "third", "second", "first", "third"]
+    with torch.no_grad():
+        expected = peft(input_ids=ids, adapter_names=rows).logits
+        with stacked.rows(rows):
+            logits = peft(input_ids=ids).logits
+        after = peft(input_ids=ids).logits  # nothing stays behind: the active adapter's forward again
+        peft.set_adapter("first")
+        first_alone = peft(input_ids=ids).logits
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after, first_alone)
 
 
 def test_adapters_that_cannot_mix_take_turns_first_come_first_served(tiny_model_dir: Path, tokenizer: Any) -> None:

@@ -7,14 +7,16 @@ running row one token per step, drop rows as they finish, refill the free slots.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from tunekit.generate.kv_batch import GROW_SLOTS, DecodeBatch, ModelShape
+from tunekit.generate.multi_lora import StackedLora
 from tunekit.generate.sampling import TextTracker, choose_tokens, request_rng
 from tunekit.generate.types import Generation, GenerationParams
 
@@ -90,10 +92,12 @@ class BatchRunner:
     """Owns the running batch. Not thread-safe: one thread drives it (callers hold the Generator's lock)."""
 
     def __init__(self, model: Any, shape: ModelShape, limits: Limits, eos_ids: frozenset[int], pad_id: int,
-                 select_adapter: Callable[[str | None], None], *, mixes_adapters: bool = False):
+                 select_adapter: Callable[[str | None], None], *, mixes_adapters: bool = False,
+                 stacked_lora: StackedLora | None = None):
         self.model, self.shape, self.limits = model, shape, limits
         self.eos_ids, self.pad_id, self.select_adapter = eos_ids, pad_id, select_adapter
         self.mixes_adapters = mixes_adapters  # rows of different adapters may share a batch
+        self.stacked_lora = stacked_lora  # their forward, when every LoRA layer allows it (else PEFT's)
         self.pending: list[Request] = []
         self.batch: DecodeBatch | None = None
         self.adapter: str | None = None
@@ -127,7 +131,8 @@ class BatchRunner:
         self._admit()
         if self.batch is None:
             return
-        logits = self.batch.step(self.model, **self._adapter_kwargs(self.batch.rows))
+        with self._adapters(self.batch.rows) as forward:
+            logits = self.batch.step(self.model, **forward)
         self._take_tokens(self.batch, logits)
 
     def _drop_cancelled(self) -> None:
@@ -187,14 +192,20 @@ class BatchRunner:
         cutoff = min(others, default=float("inf"))
         return [r for r in self.pending if r.adapter == adapter and r.submitted <= cutoff]
 
-    def _adapter_kwargs(self, rows: list[Request]) -> dict[str, Any]:
-        """Forward arguments for these rows: none when they share an adapter (it is made the active one,
-        the single-adapter fast path), else each row's adapter name for PEFT's mixed-batch forward."""
-        adapters = {r.adapter for r in rows}
-        if len(adapters) == 1:
-            self.select_adapter(adapters.pop())
-            return {}
-        return {"adapter_names": [r.adapter for r in rows]}
+    @contextlib.contextmanager
+    def _adapters(self, rows: list[Request]) -> Iterator[dict[str, Any]]:
+        """Forward arguments for these rows. Rows that share an adapter: it is made the active one (the
+        single-adapter fast path). Mixed rows: the stacked LoRA forward (multi_lora.py), or else each row's
+        adapter name for PEFT's own mixed-batch forward."""
+        adapters = [r.adapter for r in rows]
+        if len(set(adapters)) == 1:
+            self.select_adapter(adapters[0])
+            yield {}
+        elif self.stacked_lora is not None and self.stacked_lora.usable:
+            with self.stacked_lora.rows(adapters):  # type: ignore[arg-type]
+                yield {}
+        else:
+            yield {"adapter_names": adapters}
 
     def _prefill(self, chunk: list[Request]) -> DecodeBatch | None:
         """The chunk's rows after their first token; a failed prefill fails only this chunk's requests
@@ -202,8 +213,9 @@ class BatchRunner:
         prompts = [r.prompt_ids for r in chunk]
         reserve = min(max(r.params.max_new_tokens for r in chunk), GROW_SLOTS)
         try:
-            batch, logits = DecodeBatch.prefill(self.model, self.shape, prompts, chunk, self.pad_id, reserve,
-                                                **self._adapter_kwargs(chunk))
+            with self._adapters(chunk) as forward:
+                batch, logits = DecodeBatch.prefill(self.model, self.shape, prompts, chunk, self.pad_id, reserve,
+                                                    **forward)
         except Exception as error:
             for request in chunk:
                 request.fail(error)

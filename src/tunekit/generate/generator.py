@@ -33,6 +33,7 @@ from tunekit.generate import model_prep
 from tunekit.generate.batching import BatchRunner, Limits, Request
 from tunekit.generate.hf_fallback import hf_generate
 from tunekit.generate.kv_batch import ATTENTION_NAME, ModelShape
+from tunekit.generate.multi_lora import StackedLora
 from tunekit.generate.types import Generation, GenerationParams, check_params
 
 
@@ -85,6 +86,8 @@ class Generator:
         self.limits = Limits(max_batch_size or model_prep.default_batch_rows(self.device),
                              max_batch_tokens or model_prep.kv_token_budget(self.shape, self.device))
         self._lock = threading.Lock()
+        mixes = model_prep.mixes_adapters(self.model)
+        self.stacked_lora = StackedLora(self.model) if mixes else None  # mixed-adapter rows, batched
 
     def render(self, messages: list[dict]) -> str:
         """The conversation in the tokenizer's own chat template, ready for the assistant's turn."""
@@ -152,7 +155,7 @@ class Generator:
 
     def runner(self) -> BatchRunner:
         return BatchRunner(self.model, self.shape, self.limits, self.eos_ids, self.pad_id, self._select_adapter,
-                           mixes_adapters=model_prep.mixes_adapters(self.model))
+                           mixes_adapters=model_prep.mixes_adapters(self.model), stacked_lora=self.stacked_lora)
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Add the PEFT adapter saved in `path` as `name` to the model this generator decodes.
@@ -174,6 +177,8 @@ class Generator:
                     self.model.delete_adapter(name)
                 raise
             model_prep.convert_new_parameters(self.model, before, self.device.dtype)
+            if self.stacked_lora is not None:
+                self.stacked_lora.invalidate()
 
     def unload_adapter(self, name: str) -> None:
         """Delete adapter `name`; if it was the default one, another becomes the default.
@@ -186,6 +191,8 @@ class Generator:
                 raise UserError(f"'{name}' is the model's only adapter", where="adapter",
                                 fix="load another adapter before removing this one")
             self.model.delete_adapter(name)
+            if self.stacked_lora is not None:
+                self.stacked_lora.invalidate()
             if self.default_adapter == name:
                 self.default_adapter = next(iter(self.model.peft_config))
 
