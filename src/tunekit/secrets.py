@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ class ApiKeys:
         default the current folder); a ConfigError when the file is missing, empty or writable by others."""
         environ = os.environ if environ is None else environ
         keys, sources, notes = [], [], []
-        from_env = [k.strip() for k in environ.get(serve.api_keys_env, "").split(",") if k.strip()]
+        from_env = _keys_in(environ, serve.api_keys_env)
         if from_env:
             keys += from_env
             sources.append(f"${serve.api_keys_env}")
@@ -49,7 +50,7 @@ class ApiKeys:
         """Admin keys (they load and unload adapters) from `serve.admin_keys_env` only: no key file, so there is
         one place to look for them. A ConfigError when one is also an API key: each set must open only its routes."""
         environ = os.environ if environ is None else environ
-        keys = tuple(dict.fromkeys(k.strip() for k in environ.get(serve.admin_keys_env, "").split(",") if k.strip()))
+        keys = tuple(dict.fromkeys(_keys_in(environ, serve.admin_keys_env)))
         if any(api_keys.matching(key) for key in keys):
             raise ConfigError(f"a key in ${serve.admin_keys_env} is also an API key, so API clients could load and "
                               "unload adapters", where="serve.admin_keys_env",
@@ -101,6 +102,11 @@ def read_key_file(path: Path) -> list[str]:
         raise ConfigError(f"{path} holds no keys", where="serve.api_keys_file",
                           fix=f"{KEY_FILE_FIX}; or unset serve.api_keys_file to serve on loopback without keys")
     return keys
+
+
+def _keys_in(environ: Mapping[str, str], variable: str) -> list[str]:
+    """The comma-separated keys in `variable`, blanks dropped."""
+    return [key.strip() for key in environ.get(variable, "").split(",") if key.strip()]
 
 
 def _others_can_read(path: Path) -> bool:

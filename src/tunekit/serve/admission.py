@@ -15,11 +15,16 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 
+def seconds_left(deadline: float) -> float:
+    """Seconds until `deadline` (time.perf_counter()), never negative."""
+    return max(0.0, deadline - time.perf_counter())
+
+
 async def take_slot(gate: Any, deadline: float) -> AsyncExitStack:
     """A slot of `gate`, waited for until `deadline` (time.perf_counter()): waiting counts toward the timeout.
     Raises asyncio.TimeoutError when none frees in time; close the returned stack to release the slot."""
     stack = AsyncExitStack()
-    await asyncio.wait_for(stack.enter_async_context(gate.admit()), timeout=max(0.0, deadline - time.perf_counter()))
+    await asyncio.wait_for(stack.enter_async_context(gate.admit()), timeout=seconds_left(deadline))
     return stack
 
 
@@ -28,7 +33,7 @@ async def run_in_slot(slot: AsyncExitStack, workers: Any, deadline: float, fn: C
     whether or not anyone still waits for it (asyncio.TimeoutError once the deadline passes)."""
     work = asyncio.get_running_loop().run_in_executor(workers, fn, *args)
     release_when_done(work, slot)
-    return await asyncio.wait_for(asyncio.shield(work), timeout=max(0.0, deadline - time.perf_counter()))
+    return await asyncio.wait_for(asyncio.shield(work), timeout=seconds_left(deadline))
 
 
 _releasing: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks

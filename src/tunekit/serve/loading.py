@@ -81,9 +81,9 @@ def parse_adapter_specs(specs: list[str]) -> list[tuple[str, Path]]:
     return pairs
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, where: str = "--adapter") -> str:
     if not NAME_PATTERN.match(name):
-        raise UserError(f"model name '{name}' is not allowed", where="--adapter",
+        raise UserError(f"model name '{name}' is not allowed", where=where,
                         fix="use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit")
     return name
 
@@ -116,9 +116,10 @@ def adapter_to_add(served: ServedModels, name: str, run: Path) -> ServedAdapter:
     chat template and kind of adapter), before any weight is read. An ApiError says what is wrong."""
     from tunekit.models.runs import is_run
 
-    if not NAME_PATTERN.match(name):
-        raise ApiError(400, f"lora_name '{name}' is not allowed: use 1-64 letters, digits, '.', '_', ':' or '-', "
-                       "starting with a letter or digit.", param="lora_name")
+    try:
+        check_name(name, where="lora_name")
+    except UserError as exc:
+        raise ApiError(400, exc.render(), param="lora_name") from exc
     if served.full_run or not served.adapters or served.base_path is None:
         raise ApiError(409, "This server was started without adapters, so its model is not a PeftModel and cannot "
                        "take one: start it with at least one adapter (--adapter NAME=RUN).", code="no_adapters")

@@ -8,6 +8,7 @@ code already handles it. Grounded chat answers carry the sources they cite.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,8 +227,6 @@ class Pipeline:
 
 
 def _check_deadline(job: Job) -> None:
-    import time
-
     if job.deadline is not None and time.perf_counter() >= job.deadline:
         raise timed_out()
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
-from tunekit.serve.admission import release_when_done, take_slot
+from tunekit.serve.admission import release_when_done, seconds_left, take_slot
 from tunekit.serve.errors import ApiError, timed_out
 from tunekit.serve.jobs import Job
 from tunekit.serve.pipeline import Answer, Prepared
@@ -67,7 +67,7 @@ async def stream_response(state: Any, request: Any, job: Job, started: float) ->
     slot = await take_slot(state.gate, job.deadline)  # admission wait counts toward the timeout
     prepare = asyncio.get_running_loop().run_in_executor(state.workers, state.pipeline.prepare, job)
     try:
-        prepared = await asyncio.wait_for(asyncio.shield(prepare), timeout=max(0.0, job.deadline - time.perf_counter()))
+        prepared = await asyncio.wait_for(asyncio.shield(prepare), timeout=seconds_left(job.deadline))
     except BaseException:
         release_when_done(prepare, slot)  # not before the thread is done preparing
         raise
@@ -105,7 +105,7 @@ async def _events(state: Any, request: Any, prepared: Prepared, started: float,
         yield chunks.first()
         while True:
             try:
-                kind, value = await asyncio.wait_for(queue.get(), timeout=max(0.0, job.deadline - time.perf_counter()))
+                kind, value = await asyncio.wait_for(queue.get(), timeout=seconds_left(job.deadline))
             except asyncio.TimeoutError:
                 kind, value = "error", timed_out(state.serve.timeout_s)
             if kind == "piece":
