@@ -3,7 +3,8 @@
 Every message is inspected for PII, injection and denied topics, whatever its role: over the API the
 client writes the system and developer turns too, so an injection moved into a system message must not
 pass. The operator's own text is the only trusted text: a deployment's system prompt, passed as leading
-turns that `Guardrails.check_input(trusted=N)` skips, and grounding instructions, added after these checks. The token limit counts the whole conversation, because that is what
+turns that `Guardrails.check_input(trusted=N)` skips, and grounding instructions, added after these checks.
+The token limit counts the whole conversation, because that is what
 the model reads. Reasons never quote PII: the request log must not become a second copy of it.
 """
 
