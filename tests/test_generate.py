@@ -269,7 +269,8 @@ def test_stacked_lora_forward_equals_peft_mixed_batch_forward(tiny_model_dir: Pa
         after = peft(input_ids=ids).logits  # nothing stays behind: the active adapter's forward again
         peft.set_adapter("first")
         first_alone = peft(input_ids=ids).logits
-    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    # fp32, equal up to summation order (the stacked matmul also adds the other adapters' zeroed columns)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=5e-5)
     torch.testing.assert_close(after, first_alone)
 
 

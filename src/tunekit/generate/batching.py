@@ -107,16 +107,6 @@ class BatchRunner:
         return bool(self.pending) or self.batch is not None
 
     @property
-    def next_adapter(self) -> str | None:
-        """The adapter the next step runs with: a running row's, else the oldest waiting request's.
-
-        Not `self.adapter` while a batch runs: with mixed adapters, the row it came from may have left, and
-        its adapter may since have been unloaded (`BatchScheduler.retire_adapter`)."""
-        if self.batch is not None and self.batch.rows:
-            return self.batch.rows[0].adapter
-        return self.pending[0].adapter if self.pending else self.adapter
-
-    @property
     def requests(self) -> list[Request]:
         """Every request waiting or running here."""
         return self.pending + (self.batch.rows if self.batch is not None else [])

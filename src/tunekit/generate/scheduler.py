@@ -163,7 +163,7 @@ class BatchScheduler:
             try:
                 self._take(arrived)
                 if self._runner.busy:
-                    with self.generator.decoding(self._runner.next_adapter):
+                    with self.generator.stepping():
                         self._runner.step()
             except Exception as error:  # a failed step fails its requests, not the server's thread
                 for submission in self._live:
