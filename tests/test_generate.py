@@ -321,6 +321,56 @@ def test_prefix_tuning_falls_back_to_hf_generate(tiny_model_dir: Path, tokenizer
     assert "".join(gen.stream(PROMPTS[0], GenerationParams(max_new_tokens=10))) == outs[0].text
 
 
+def _prefix_generator(tiny_model_dir: Path, tokenizer: Any) -> Generator:
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.methods import fix_prompt_learning_generate
+
+    base = scrambled(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32))
+    torch.manual_seed(3)
+    config = PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM")
+    return Generator(fix_prompt_learning_generate(get_peft_model(base, config)).eval(), tokenizer, dtype="fp32")
+
+
+def test_a_cancelled_hf_generate_request_stops_at_the_next_token(tiny_model_dir: Path, tokenizer: Any) -> None:
+    # HF generate runs a prefix-tuning request to its end in one call: without a check between tokens, a
+    # client that timed out or went away would still hold the scheduler for max_new_tokens.
+    from tunekit.generate.hf_fallback import hf_generate
+
+    gen = _prefix_generator(tiny_model_dir, tokenizer)
+    request = gen.request(PROMPTS[1], GenerationParams(max_new_tokens=60), None)
+    forwards = 0
+
+    def cancel_at_the_third_forward(*_: Any) -> None:
+        nonlocal forwards
+        forwards += 1
+        request.cancelled = forwards >= 3
+
+    hook = gen.model.get_base_model().register_forward_hook(cancel_at_the_third_forward)
+    try:
+        with gen.decoding(None):
+            hf_generate(gen.model, gen.tokenizer, request, gen.eos_ids, gen.pad_id)
+    finally:
+        hook.remove()
+    assert forwards <= 3
+    assert not request.done or request.result.finish_reason == "stop"  # cancelled, or an EOS came sooner
+
+
+def test_a_request_cancelled_while_queued_for_hf_generate_never_runs(tiny_model_dir: Path, tokenizer: Any) -> None:
+    gen = _prefix_generator(tiny_model_dir, tokenizer)
+    params = GenerationParams(max_new_tokens=8)
+    with BatchScheduler(gen) as scheduler:
+        with gen.decoding(None):  # holding the generator's lock: nothing runs until both are queued
+            first = scheduler.submit(PROMPTS[0], params)
+            second = scheduler.submit(PROMPTS[1], params)
+            second.cancel()
+        assert first.result(timeout=60).text == gen.generate([PROMPTS[0]], params)[0].text
+        with pytest.raises(CancelledError):
+            second.result(timeout=1)
+    assert second.request.completion_tokens == 0 and not second.request.done
+
+
 def test_threads_calling_generate_get_their_own_results(gen: Generator) -> None:
     params = GenerationParams(max_new_tokens=12)
     expected = {i: gen.generate([p], params)[0].text for i, p in enumerate(PROMPTS)}

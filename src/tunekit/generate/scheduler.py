@@ -195,6 +195,8 @@ class BatchScheduler:
         for submission in arrived:
             adapter = submission.request.adapter
             if self.generator.uses_fallback(adapter):
+                if submission.request.cancelled:  # gave up while queued behind other one-at-a-time requests
+                    continue
                 try:
                     with self.generator.decoding(adapter):
                         hf_generate(self.generator.model, self.generator.tokenizer, submission.request,
