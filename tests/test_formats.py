@@ -34,8 +34,9 @@ def test_each_format_becomes_a_conversation(tmp_path):
         {"text": "my card", "label": "card_arrival"},
         {"text": "raw pretraining text"},
     ]
-    examples, problems = load(jsonl(tmp_path, rows), system_prompt="Triage.", user_template="Ticket: {input}")
-    assert not problems.items
+    examples, problems = load(jsonl(tmp_path, rows), system_prompt="Triage.", user_template="Ticket: {input}",
+                              convert_types=True)
+    assert [(p.code, p.line) for p in problems.items] == [("converted_type", 6)]  # the object answer, as JSON
     formats = [e.meta["format"] for e in examples]
     assert formats == ["messages", "sharegpt", "alpaca", "alpaca", "prompt_completion", "task", "label", "text"]
     assert [m["role"] for m in examples[0].messages] == ["system", "user", "assistant", "user", "assistant"]
@@ -67,6 +68,9 @@ def test_each_format_becomes_a_conversation(tmp_path):
         ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "a"},
                        {"role": "user", "content": "y"}]}, "ends_with_user"),
         ({"instruction": ["a"], "output": "x"}, "wrong_type"),
+        ({"input": "ticket", "output": {"category": "bug"}}, "wrong_type"),  # unless data.convert_types
+        ({"text": "my card", "label": 7}, "wrong_type"),
+        ({"prompt": "p", "completion": True}, "wrong_type"),
         ({"prompt": "p", "completion": None}, "missing_field"),
         ({"question": "q", "answer": "a"}, "unknown_format"),
         ({"conversations": [{"from": "alien", "value": "x"}]}, "unknown_role"),
@@ -78,6 +82,8 @@ def test_bad_rows_are_reported_with_line_and_fix(tmp_path, row, code):
     assert len(examples) == 2
     [problem] = problems.errors
     assert problem.code == code and problem.line == 2
+    if code == "wrong_type":
+        assert "where text belongs" in problem.message or "must be" in problem.message
     assert problem.render().startswith(f"{tmp_path / 'd.jsonl'}:2: error:")
     assert problem.fix
 

@@ -45,10 +45,10 @@ def project(tmp_path, tiny_model_dir):
     return config
 
 
-def run_prepare(config: Path, *overrides: str):
+def run_prepare(config: Path, *overrides: str, new_test: bool = False):
     cfg = load_config(config, list(overrides))
     tokenizer = load_tokenizer(resolve_model(cfg.model.name))
-    return cfg, *prepare(cfg, tokenizer)
+    return cfg, *prepare(cfg, tokenizer, new_test=new_test)
 
 
 def test_prepare_writes_splits_reports_and_hashes(project):
@@ -74,11 +74,49 @@ def test_prepare_writes_splits_reports_and_hashes(project):
 
 def test_prepare_is_deterministic_and_seed_dependent(project):
     _, folder, _ = run_prepare(project)
-    first = (folder / "test.jsonl").read_bytes()
-    _, folder, _ = run_prepare(project)
-    assert (folder / "test.jsonl").read_bytes() == first
-    _, folder, _ = run_prepare(project, "data.split.seed=99")
-    assert (folder / "test.jsonl").read_bytes() != first
+    first = {n: (folder / f"{n}.jsonl").read_bytes() for n in ("train", "validation", "test")}
+    _, folder, _ = run_prepare(project)  # the second run keeps the pinned test set and cuts the rest alike
+    assert {n: (folder / f"{n}.jsonl").read_bytes() for n in first} == first
+    _, folder, _ = run_prepare(project, "data.split.seed=99", "data.pin_test=false")
+    assert (folder / "test.jsonl").read_bytes() != first["test"]
+
+
+def test_the_first_test_split_stays_pinned_while_the_data_grows(project):
+    from tunekit.runfolder import ProjectFolder
+
+    cfg, folder, result = run_prepare(project)
+    pinned = ProjectFolder.of(cfg)
+    test = (folder / "test.jsonl").read_bytes()
+    assert pinned.pinned_test_path.read_bytes() == test
+    record = json.loads(pinned.pinned_record_path.read_text())
+    assert record["sha256"] == sha256_file(folder / "test.jsonl") and record["rows"] == len(result.splits["test"])
+    assert str(project.parent) not in test.decode()  # sources relative to the config: the same bytes anywhere
+
+    more = [{"text": f"new ticket {i}: my printer {word} again", "label": "printer"}
+            for i, word in enumerate(["beeps", "jams", "smokes", "rattles", "blinks", "hums", "squeaks", "stalls"])]
+    with (project.parent / "tickets.jsonl").open("a") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in more))
+    _, folder, grown = run_prepare(project, "data.split.seed=7")  # new rows and another seed: same test set
+    assert (folder / "test.jsonl").read_bytes() == test
+    trained = (folder / "train.jsonl").read_text() + (folder / "validation.jsonl").read_text()
+    assert all(r["text"] in trained for r in more)
+    assert grown.pin == record
+
+    _, folder, renewed = run_prepare(project, "data.split.seed=7", new_test=True)
+    assert (folder / "test.jsonl").read_bytes() != test
+    assert pinned.pinned_test_path.read_bytes() == (folder / "test.jsonl").read_bytes()
+    assert renewed.pin["replaced"]["sha256"] == record["sha256"] and renewed.pin["replaced"]["removed"] > 0
+
+
+def test_an_edited_pinned_test_set_is_refused(project):
+    from tunekit.errors import UserError
+    from tunekit.runfolder import ProjectFolder
+
+    cfg, _, _ = run_prepare(project)
+    path = ProjectFolder.of(cfg).pinned_test_path
+    path.write_text(path.read_text()[:-100] + "\n")
+    with pytest.raises(UserError, match="does not match its recorded SHA-256"):
+        run_prepare(project)
 
 
 def test_bad_input_writes_nothing(project):
@@ -109,6 +147,6 @@ def test_too_long_examples_are_dropped(project):
     _, _, result = run_prepare(project)
     lengths = sorted(n for v in result.lengths.values() for n in v)
     median = lengths[len(lengths) // 2]
-    _, _, result = run_prepare(project, f"model.max_seq_len={median}")
+    _, _, result = run_prepare(project, f"model.max_seq_len={median}", "data.pin_test=false")  # the pin stays as is
     assert result.dropped["too_long"] > 0
     assert max(max(v) for v in result.lengths.values() if v) <= median

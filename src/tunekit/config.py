@@ -69,8 +69,27 @@ class SplitConfig(Section):
         return self
 
 
+class SplitFiles(Section):
+    """Your own splits instead of fractions of data.files (e.g. a task's published train/test files, or a
+    golden test set): each a list of files in any format `data` reads, relative to the config file."""
+
+    train: list[str] = Field(min_length=1)
+    validation: list[str] = Field(default_factory=list,
+                                  description="default: data.split.validation of the train rows, by its seed")
+    test: list[str] = Field(min_length=1)
+
+
 class DataConfig(Section):
     files: list[str] = Field(default_factory=list, description="input files, relative to the config file")
+    splits: SplitFiles | None = Field(None, description="{train: [...], validation: [...], test: [...]}: your "
+                                      "own split files, instead of data.files cut by data.split")
+    convert_types: bool = Field(False, description="a number, true/false, object or list where text belongs: "
+                                "false refuses the row (file:line and field), true converts it with a warning")
+    pin_test: bool = Field(True, description="keep the project's test split across prepare runs and rounds "
+                           "(tunekit-pinned/<project>/ beside the config; `data prepare --new-test` replaces it)")
+    leakage: Literal["error", "drop_from_train"] = Field(
+        "error", description="a test prompt that equals or nearly equals a train prompt: refuse with both "
+        "file:lines, or drop the train rows")
     format: Literal[DATA_FORMATS] = "auto"  # type: ignore[valid-type]
     columns: dict[str, str] = Field(
         default_factory=dict, description="map of tunekit field -> your column, e.g. {input: question}"
@@ -85,6 +104,13 @@ class DataConfig(Section):
     normalize: bool = Field(True, description="unicode NFC, control characters, whitespace")
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @model_validator(mode="after")
+    def _files_or_splits(self) -> DataConfig:
+        if self.files and self.splits is not None:
+            raise ValueError("data.files and data.splits are two ways to give the data; use one "
+                             "(data.splits: {train: [...], test: [...]} for your own splits)")
+        return self
 
     @field_validator("columns")
     @classmethod
@@ -168,7 +194,8 @@ class TrainingConfig(Section):
 
 
 class ProjectConfig(Section):
-    project: str = "tunekit-project"
+    project: str = Field("tunekit-project", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                         description="1-64 letters, digits, '.', '_' or '-': it names the project's folders")
     run_dir: str = Field("runs/default", description="run folder, relative to the working directory")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -185,7 +212,17 @@ class ProjectConfig(Section):
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     def data_paths(self) -> list[Path]:
-        return [(self.base_dir / f).resolve() for f in self.data.files]
+        """Every input file: data.files, or the files of data.splits."""
+        return [path for paths in self.split_paths().values() for path in paths] if self.data.splits else \
+            [(self.base_dir / f).resolve() for f in self.data.files]
+
+    def split_paths(self) -> dict[str, list[Path]]:
+        """data.splits as paths, by split name ({} when the data comes as data.files)."""
+        given = self.data.splits
+        if given is None:
+            return {}
+        return {name: [(self.base_dir / f).resolve() for f in getattr(given, name)]
+                for name in ("train", "validation", "test")}
 
     def run_path(self) -> Path:
         return Path(self.run_dir).resolve()

@@ -43,8 +43,14 @@ def write_json_atomic(target: str | os.PathLike[str], data: Any) -> None:
     write_text_atomic(target, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
+    """Rows as JSONL, the one serialisation every JSONL tunekit writes uses (hashes compare across writers)."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
 def write_jsonl_atomic(target: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
-    write_text_atomic(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(jsonl_bytes(rows))
 
 
 @contextlib.contextmanager
@@ -90,8 +96,14 @@ def require_free_space(folder: str | os.PathLike[str], tensors: Iterable[Any], w
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """A file's SHA-256; for a folder (a saved dataset), one over its files' relative paths and contents."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
     return digest.hexdigest()

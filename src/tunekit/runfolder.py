@@ -217,6 +217,36 @@ class DataFolder(_Folder):
 
 
 @dataclass(frozen=True)
+class ProjectFolder(_Folder):
+    """What a project keeps across its runs and rounds, beside its config file (commit it with the config):
+
+    tunekit-pinned/<project>/
+      test.jsonl   the pinned test split, byte for byte what every round's RUN/data/test.jsonl is
+      test.json    its SHA-256, rows, when it was pinned and, after `--new-test`, what it replaced
+      rounds.json  `tunekit iterate`: each round's run, labelled rows and metrics on the pinned test set
+      labelled/    round-N.jsonl: the labelled rows round N added to the training data, with provenance"""
+
+    @classmethod
+    def of(cls, cfg: ProjectConfig) -> ProjectFolder:
+        return cls(cfg.base_dir / "tunekit-pinned" / cfg.project)
+
+    @property
+    def pinned_test_path(self) -> Path:
+        return self.root / "test.jsonl"
+
+    @property
+    def pinned_record_path(self) -> Path:
+        return self.root / "test.json"
+
+    @property
+    def rounds_path(self) -> Path:
+        return self.root / "rounds.json"
+
+    def labelled_path(self, round_number: int) -> Path:
+        return self.root / "labelled" / f"round-{round_number}.jsonl"
+
+
+@dataclass(frozen=True)
 class EvalFolder(_Folder):
     """What `tunekit eval` writes: RUN/eval by default, or `eval.out_dir`."""
 

@@ -104,22 +104,33 @@ def _add_label_rows(table: Table, labels: dict[str, Any]) -> None:
 def prepare(
     config: Path = typer.Argument(..., help="project YAML"),
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides"),
+    new_test: bool = typer.Option(False, "--new-test", help="replace the project's pinned test set with the "
+                                  "test split this run makes (later eval reports say earlier ones are not comparable)"),
 ) -> None:
-    """Clean, dedupe and split the config's data into the run folder, with a report."""
+    """Clean, dedupe and split the config's data into the run folder, with a report.
+
+    The first run pins its test split beside the config (tunekit-pinned/PROJECT/); later runs keep it byte for
+    byte and send new rows to train and validation only, so every round is scored on the same rows."""
+    from tunekit.data.pinned import describe
     from tunekit.data.prepare import DataErrors
     from tunekit.data.prepare import prepare as run_prepare
+    from tunekit.runfolder import ProjectFolder
 
     cfg = load_config(config, overrides or [])
     tokenizer = load_tokenizer_for(cfg)
     try:
-        folder, result = run_prepare(cfg, tokenizer)
+        folder, result = run_prepare(cfg, tokenizer, new_test=new_test)
     except DataErrors as exc:
         print_problems(exc.problems, limit=20)
         raise
     counts = ", ".join(f"{name} {len(rows)}" for name, rows in result.splits.items())
     dropped = ", ".join(f"{k} {v}" for k, v in result.dropped.items() if v) or "none"
-    console.print(f"read {result.rows_read} rows; dropped: {dropped}; redacted PII in {result.redacted}")
+    console.print(f"read {result.rows_read} rows; dropped: {dropped}; redacted PII in {result.redacted}",
+                  soft_wrap=True)
     console.print(f"splits: {counts}")
+    if result.pin is not None:
+        console.print(describe(result.pin, ProjectFolder.of(cfg), kept=result.test_data is not None),
+                      highlight=False, soft_wrap=True)
     data = DataFolder(folder)
     console.print(f"wrote {folder} ({data.report_md.name}, {data.report_json.name}, {data.lengths_plot.name})")
 

@@ -26,6 +26,11 @@ SIGNATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("label", ("text", "label")),
     ("text", ("text",)),
 )
+# The fields of each format that hold text (messages and conversations check their turns themselves).
+TEXT_FIELDS = {
+    "alpaca": ("instruction", "input", "output"), "prompt_completion": ("prompt", "completion"),
+    "task": ("input", "output"), "label": ("text", "label"), "text": ("text",),
+}  # fmt: skip
 SHAREGPT_ROLES = {
     "system": "system", "human": "user", "user": "user",
     "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant",
@@ -38,6 +43,7 @@ class TaskWrap:
 
     system_prompt: str | None = None
     user_template: str = "{input}"
+    convert_types: bool = False  # a number, true/false, object or list where text belongs: convert, not refuse
 
 
 class RowError(Exception):
@@ -86,6 +92,7 @@ def to_examples(
             )
             continue
         try:
+            data = _as_text(data, name, wrap.convert_types, problems, row)
             example = CONVERTERS[name](data, wrap)
         except RowError as err:
             problems.error(row.source, row.line, err.code, err.message, err.fix)
@@ -94,6 +101,36 @@ def to_examples(
         example.meta = {**row_metadata(data), **example.meta, "format": name}
         examples.append(example)
     return examples
+
+
+def _as_text(data: dict[str, Any], name: str, convert: bool, problems: Problems, row: RawRow) -> dict[str, Any]:
+    """`data` with its text fields checked: a value of another type is an error naming the field, or with
+    data.convert_types a warning and the value as text (numbers as written, the rest as compact JSON)."""
+    converted = dict(data)
+    for key in TEXT_FIELDS.get(name, ()):
+        value = data.get(key)
+        if value is None or isinstance(value, str):
+            continue
+        text = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else \
+            json.dumps(value, ensure_ascii=False)
+        kind = _kind(value)
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        if not convert:
+            raise RowError("wrong_type", f"'{key}' is {kind} ({shown}) where text belongs",
+                           f"write it as a JSON string, e.g. {json.dumps(shown)}; or set data.convert_types: true "
+                           "to convert such values (numbers as written, objects and lists as compact JSON)")
+        problems.warn(row.source, row.line, "converted_type", f"'{key}' is {kind}; converted to the text {shown}",
+                      "write it as a JSON string to silence this")
+        converted[key] = text
+    return converted
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {"dict": "an object", "list": "a list"}.get(type(value).__name__, f"a {type(value).__name__}")
 
 
 # Longer strings are content (a document, a note), not something to group by.

@@ -27,7 +27,8 @@ def load_examples(paths: Sequence[Path], data: DataConfig) -> Loaded:
         check_input_path(path)
     problems = Problems()
     loaded = Loaded(examples=[], problems=problems)
-    wrap = TaskWrap(system_prompt=data.system_prompt, user_template=data.user_template)
+    wrap = TaskWrap(system_prompt=data.system_prompt, user_template=data.user_template,
+                    convert_types=data.convert_types)
     for path in paths:
         start = len(problems.items)
         rows = read_rows(path, problems)

@@ -12,18 +12,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunekit.config import ProjectConfig, dump_config
+from tunekit.config import ProjectConfig, SplitConfig, dump_config
 from tunekit.data.clean import normalize_example, pii_kinds_in, redact_example
 from tunekit.data.dedupe import find_duplicates
+from tunekit.data.hf_datasets import dict_splits, refuse_hub_id
 from tunekit.data.load import load_examples
+from tunekit.data.pinned import PinnedTest, content_change, read_pin, write_pin
 from tunekit.data.problems import Problems
 from tunekit.data.records import Example
 from tunekit.data.split import SPLITS, find_leaks, refuse_leaks, split_examples
 from tunekit.data.stats import label_stats, length_stats, stratum_keys
 from tunekit.data.tokenize import token_lengths
 from tunekit.errors import UserError
-from tunekit.io import atomic_dir, sha256_file, write_jsonl_atomic
-from tunekit.runfolder import DataFolder, RunFolder
+from tunekit.io import atomic_dir, jsonl_bytes, sha256_file
+from tunekit.runfolder import DataFolder, ProjectFolder, RunFolder
 
 
 class DataErrors(UserError):
@@ -47,29 +49,121 @@ class Prepared:
     rows_read: int = 0
     warnings: int = 0
     file_hashes: dict[str, str] = field(default_factory=dict)
+    test_data: bytes | None = None  # the pinned test.jsonl, written as is
+    pin: dict[str, Any] | None = None  # the pinned test set's record (data/pinned.py)
 
 
-def prepare(cfg: ProjectConfig, tokenizer: Any) -> tuple[Path, Prepared]:
-    if not cfg.data.files:
-        raise UserError("no input files", where="data.files", fix="list your data files in the config")
-    loaded = load_examples(cfg.data_paths(), cfg.data)
-    if loaded.problems.errors:
-        raise DataErrors(loaded.problems)
-    if not loaded.examples:
-        raise UserError("the input holds no examples", where="data.files")
-    result = Prepared(splits={}, lengths={}, rows_read=loaded.rows_read, file_hashes=loaded.file_hashes)
-    result.warnings = len(loaded.problems.warnings)
-    examples = _clean(loaded.examples, cfg, result)
-    examples = _drop_too_long(examples, cfg, tokenizer, result)
-    examples = _dedupe(examples, cfg, result)
+def prepare(cfg: ProjectConfig, tokenizer: Any, *, new_test: bool = False) -> tuple[Path, Prepared]:
+    """Clean and split the data (data.files cut by data.split, or the given data.splits) into RUN/data.
+
+    With data.pin_test, the project's pinned test set (data/pinned.py) is kept byte for byte and the input
+    goes to train and validation only; the first prepare pins its test split, and `new_test` replaces it."""
+    project = ProjectFolder.of(cfg)
+    pin = read_pin(project) if cfg.data.pin_test else None
+    keep = None if new_test else pin
+    if not cfg.data.files and cfg.data.splits is None:
+        raise UserError("no input files", where="data.files",
+                        fix="list your data files in the config (or data.splits: {train: [...], test: [...]})")
+    _refuse_hub_ids(cfg)
+    given = cfg.split_paths() or dict_splits(cfg.data_paths())  # a lone DatasetDict brings its own splits
+    sources = {name: paths for name, paths in given.items() if paths} if given else {"all": cfg.data_paths()}
+    loaded = {name: load_examples(paths, cfg.data) for name, paths in sources.items()}
+    problems = Problems()
+    for part in loaded.values():
+        problems.extend(part.problems)
+    if problems.errors:
+        raise DataErrors(problems)
+    result = Prepared(splits={}, lengths={}, rows_read=sum(p.rows_read for p in loaded.values()),
+                      file_hashes={k: v for p in loaded.values() for k, v in p.file_hashes.items()},
+                      warnings=len(problems.warnings))
+    cleaned = {name: _cleaned(part.examples, cfg, tokenizer, result, name) for name, part in loaded.items()}
+    if given:
+        result.splits = _given_splits(cleaned, cfg, result)
+        if keep is not None:
+            _refuse_other_test(result.splits["test"], keep, cfg.base_dir)
+    else:
+        result.splits = _cut_splits(cleaned["all"], cfg, result, keep.examples() if keep else None)
+    result.test_data = keep.data if keep is not None else None
+    result.lengths = {name: token_lengths(rows, tokenizer) for name, rows in result.splits.items()}
+    folder = _write(cfg, result)
+    if cfg.data.pin_test and keep is None:
+        result.pin = write_pin(project, DataFolder(folder).split_path("test").read_bytes(), previous=pin)
+    else:
+        result.pin = keep.record if keep is not None else None
+    return folder, result
+
+
+def _refuse_hub_ids(cfg: ProjectConfig) -> None:
+    entries = cfg.data.files or [f for name in SPLITS for f in getattr(cfg.data.splits, name)]
+    for entry in entries:
+        path = (cfg.base_dir / entry).resolve()
+        if not path.exists():
+            refuse_hub_id(path, entry)
+
+
+def _cleaned(examples: list[Example], cfg: ProjectConfig, tokenizer: Any, result: Prepared,
+             part: str) -> list[Example]:
+    if not examples:
+        raise UserError("the input holds no examples", where="data.files" if part == "all" else f"data.splits.{part}")
+    return _dedupe(_drop_too_long(_clean(examples, cfg, result), cfg, tokenizer, result), cfg, result)
+
+
+def _cut_splits(examples: list[Example], cfg: ProjectConfig, result: Prepared,
+                pinned: list[Example] | None) -> dict[str, list[Example]]:
+    """data.files: the test split (data.split's share of the groups of (near-)equal prompts, or the pinned
+    one), then validation carved from the rest. Rows that (nearly) equal a test prompt never reach train."""
     if len(examples) < 3:
         raise UserError(f"only {len(examples)} example(s) left after cleaning; a split needs at least 3")
-    stratify = cfg.data.split.stratify != "none"
-    strata = stratum_keys(examples, cfg.data.label_set_max) if stratify else [None] * len(examples)
-    result.splits = split_examples(examples, cfg.data.split, cfg.data.dedupe, strata)
-    refuse_leaks(find_leaks(result.splits["train"], result.splits["test"], cfg.data.dedupe))
-    result.lengths = {name: token_lengths(rows, tokenizer) for name, rows in result.splits.items()}
-    return _write(cfg, result), result
+    test = pinned if pinned is not None else split_examples(examples, cfg.data.split, cfg.data.dedupe,
+                                                            _strata(examples, cfg))["test"]
+    in_test = {id(leak.test) for leak in find_leaks(test, examples, cfg.data.dedupe)}
+    rest = [e for e in examples if id(e) not in in_test]
+    near_test = len(in_test) - (0 if pinned is not None else len(test))
+    if near_test:
+        result.dropped["leaked_into_test"] += near_test
+    split = cfg.data.split
+    return {**_carve_validation(rest, cfg, split.validation / (split.train + split.validation)), "test": test}
+
+
+def _carve_validation(train: list[Example], cfg: ProjectConfig, fraction: float) -> dict[str, list[Example]]:
+    """`fraction` of the train groups, by data.split's seed and strata, as validation."""
+    carve = SplitConfig.model_construct(train=1 - fraction, validation=fraction, test=0.0, seed=cfg.data.split.seed,
+                                        stratify=cfg.data.split.stratify)  # test 0: the test split is set apart
+    carved = split_examples(train, carve, cfg.data.dedupe, _strata(train, cfg))
+    return {"train": carved["train"], "validation": carved["validation"]}
+
+
+def _refuse_other_test(test: list[Example], pin: PinnedTest, base_dir: Path) -> None:
+    change = content_change(pin.data, jsonl_bytes([_row(e, base_dir) for e in test]))
+    if change.removed or change.added:
+        raise UserError(f"the test files differ from the project's pinned test set ({change}; pinned "
+                        f"{pin.record.get('pinned_at', '?')}, sha256 {pin.sha256[:12]}...)", where="data.splits.test",
+                        fix="`tunekit data prepare --new-test` makes them the pinned test set (the next eval "
+                            "report then says earlier reports are not comparable); or give the pinned files back")
+
+
+def _given_splits(cleaned: dict[str, list[Example]], cfg: ProjectConfig, result: Prepared) -> dict[str, list[Example]]:
+    """data.splits: the given files, with validation carved out of train when none is given. A test prompt that
+    is also (nearly) a train prompt is refused, or with data.leakage=drop_from_train, its train rows dropped."""
+    train, test = cleaned["train"], cleaned["test"]
+    leaks = find_leaks(train, test, cfg.data.dedupe)
+    if leaks and cfg.data.leakage == "error":
+        refuse_leaks(leaks, fix="remove them from one of the files, or set data.leakage: drop_from_train")
+    if leaks:  # every train row that (nearly) repeats a test prompt, not only the first one found per test row
+        leaked = {id(leak.test) for leak in find_leaks(test, train, cfg.data.dedupe)}
+        train = [e for e in train if id(e) not in leaked]
+        result.dropped["leaked_into_test"] += len(leaked)
+    if "validation" in cleaned:
+        return {"train": train, "validation": cleaned["validation"], "test": test}
+    if not train:
+        raise UserError("no train rows left", where="data.splits.train")
+    return {**_carve_validation(train, cfg, cfg.data.split.validation), "test": test}
+
+
+def _strata(examples: list[Example], cfg: ProjectConfig) -> list[str | None]:
+    if cfg.data.split.stratify == "none":
+        return [None] * len(examples)
+    return stratum_keys(examples, cfg.data.label_set_max)
 
 
 def _clean(examples: list[Example], cfg: ProjectConfig, result: Prepared) -> list[Example]:
@@ -128,7 +222,10 @@ def _write(cfg: ProjectConfig, result: Prepared) -> Path:
         }
         for name in SPLITS:
             path = staged.split_path(name)
-            write_jsonl_atomic(path, [_row(e) for e in result.splits[name]])
+            if name == "test" and result.test_data is not None:
+                path.write_bytes(result.test_data)
+            else:
+                path.write_bytes(jsonl_bytes([_row(e, cfg.base_dir) for e in result.splits[name]]))
             manifest["splits"][name] = {
                 "file": path.name, "rows": len(result.splits[name]), "sha256": sha256_file(path),
             }
@@ -139,9 +236,14 @@ def _write(cfg: ProjectConfig, result: Prepared) -> Path:
     return target
 
 
-def _row(example: Example) -> dict[str, Any]:
+def _row(example: Example, base_dir: Path) -> dict[str, Any]:
+    """The example as a split row; its source relative to the config's folder when inside it, so the same
+    project gives the same bytes wherever it lives (a pinned test set is compared across machines)."""
     row = example.to_json()
-    row.setdefault("meta", {})["source"] = example.where
+    source = Path(example.source)
+    if source.is_absolute() and source.is_relative_to(base_dir.resolve()):
+        source = source.relative_to(base_dir.resolve())
+    row.setdefault("meta", {})["source"] = f"{source.as_posix()}:{example.line}"
     return row
 
 

@@ -32,10 +32,15 @@ class RawRow:
 
 def check_input_path(path: Path) -> None:
     """Refuse what cannot be read at all, before any work: missing, a folder, an unknown suffix."""
+    from tunekit.data.hf_datasets import is_dataset_folder
+
     if not path.exists():
         raise UserError("file does not exist", where=str(path), fix="check the path")
+    if is_dataset_folder(path):
+        return
     if path.is_dir():
-        raise UserError("is a folder, expected a data file", where=str(path), fix="pass the files inside it")
+        raise UserError("is a folder, expected a data file or a saved Hugging Face dataset", where=str(path),
+                        fix="pass the files inside it, or a folder written by Dataset.save_to_disk")
     if path.suffix.lower() not in SUFFIXES:
         raise UserError(
             f"unknown file type '{path.suffix or '(none)'}'",
@@ -45,7 +50,11 @@ def check_input_path(path: Path) -> None:
 
 
 def read_rows(path: Path, problems: Problems) -> list[RawRow]:
+    from tunekit.data.hf_datasets import is_dataset_folder, read_dataset_rows
+
     check_input_path(path)
+    if is_dataset_folder(path):  # no lines: the row number (1-based) stands in for one, as for parquet
+        return [RawRow(str(path), i + 1, row) for i, row in enumerate(read_dataset_rows(path))]
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _read_parquet(path, problems)

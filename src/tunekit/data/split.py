@@ -96,11 +96,11 @@ def find_leaks(train: list[Example], test: list[Example], dedupe: DedupeConfig) 
     return leaks
 
 
-def refuse_leaks(leaks: list[Leak]) -> None:
+def refuse_leaks(leaks: list[Leak], fix: str = "turn data.dedupe back on or remove the duplicates") -> None:
     if not leaks:
         return
     shown = "\n".join(f"  {k.test.where} ~ {k.train.where} (similarity {k.similarity:.2f})" for k in leaks[:20])
     raise UserError(
         f"refusing to write a test split that shares {len(leaks)} example(s) with train:\n{shown}",
-        fix="turn data.dedupe back on or remove the duplicates",
+        fix=fix,
     )

@@ -78,10 +78,14 @@ def check_optimizer(cfg: ProjectConfig) -> None:
 def ensure_prepared(cfg: ProjectConfig, tokenizer: Any, say: Any) -> DataFolder:
     data = RunFolder(cfg.run_path()).data
     if not data.split_path("train").exists():
+        from tunekit.data.pinned import describe
         from tunekit.data.prepare import prepare
+        from tunekit.runfolder import ProjectFolder
 
         say(f"no prepared data in {data.root}; running `tunekit data prepare` first")
-        prepare(cfg, tokenizer)
+        _, result = prepare(cfg, tokenizer)
+        if result.pin is not None:
+            say(describe(result.pin, ProjectFolder.of(cfg), kept=result.test_data is not None))
     return data
 
 
