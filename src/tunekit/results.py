@@ -187,6 +187,15 @@ class LatencySettings(Record):
     how: str
 
 
+class RoundScore(Record):
+    """One round of the loop (`tunekit iterate`) on the project's pinned test set: its run and metrics."""
+
+    round: int
+    run: str
+    test_sha256: str
+    metrics: dict[str, float | None]
+
+
 class EvalResult(Record):
     project: str
     created: str
@@ -206,6 +215,7 @@ class EvalResult(Record):
     decision: Decision
     disagreements: Disagreements
     warnings: list[str]
+    rounds: list[RoundScore] = Field(default_factory=list)  # every round scored on this test set (iterate)
 
     @property
     def ran(self) -> list[CandidateResult]:

@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import typer
 
-from tunekit.cli import chat, data, init, merge, models, train
+from tunekit.cli import chat, data, init, iterate, merge, models, train
 from tunekit.cli.eval import eval_command
 from tunekit.cli.index import index as index_command
 from tunekit.cli.monitor import app as monitor_app
@@ -36,6 +36,7 @@ app.command("train")(train.train)
 app.command("merge")(merge.merge)
 app.command("chat")(chat.chat)
 app.command("eval")(eval_command)
+app.command("iterate")(iterate.iterate)
 app.command("index")(index_command)
 app.command("risk")(risk)
 app.command("serve")(serve_command)

@@ -18,6 +18,7 @@ from tunekit.results import (
     EvalResult,
     EvaluatedSplit,
     LatencySettings,
+    RoundScore,
     write_predictions,
 )
 from tunekit.runfolder import EvalFolder
@@ -64,6 +65,7 @@ def build_result(plan: EvalPlan, candidates: list[CandidateResult]) -> EvalResul
         decision=decision,
         disagreements=_disagreements(plan, ran, decision, ranker(plan.primary, directions[plan.primary])),
         warnings=_warnings(plan, previous),
+        rounds=_rounds(plan, ran),
     )
 
 
@@ -130,7 +132,45 @@ def _warnings(plan: EvalPlan, previous: str | None) -> list[str]:
     if previous and previous != plan.test.sha256:
         warnings.append(f"the test split differs from the one the previous report used ({previous[:12]}... -> "
                         f"{plan.test.sha256[:12]}...): the two reports are not comparable")
-    return warnings
+    return warnings + _pin_warnings(plan)
+
+
+def _rounds(plan: EvalPlan, ran: list[CandidateResult]) -> list[RoundScore]:
+    """Every round of the loop scored on this test set (data/rounds.py): the earlier ones as their own evals
+    measured them, this run as measured now. Empty for a project that never ran `tunekit iterate`."""
+    from tunekit.data.rounds import read_rounds
+    from tunekit.runfolder import ProjectFolder
+
+    this_run = str(plan.cfg.run_path())
+    tuned = next((c for c in ran if c.kind == FINETUNED), None)
+    scores = []
+    for entry in read_rounds(ProjectFolder.of(plan.cfg)):
+        if entry["test_sha256"] != plan.test.sha256:
+            continue
+        metrics = entry["metrics"]
+        if entry["run"] == this_run and tuned is not None:
+            metrics = {m: tuned.metrics.get(m) for m in plan.cfg.eval.metrics}
+        scores.append(RoundScore(round=entry["round"], run=entry["run"], test_sha256=entry["test_sha256"],
+                                 metrics=metrics))
+    return scores
+
+
+def _pin_warnings(plan: EvalPlan) -> list[str]:
+    """What the project's pinned test set (data/pinned.py) says about comparing this report with others."""
+    from tunekit.data.pinned import read_pin
+    from tunekit.runfolder import ProjectFolder
+
+    pin = read_pin(ProjectFolder.of(plan.cfg)) if plan.cfg.data.pin_test else None
+    if pin is None:
+        return []
+    if pin.sha256 != plan.test.sha256:
+        return [f"this test split (sha256 {plan.test.sha256[:12]}...) is not the project's pinned test set "
+                f"(sha256 {pin.sha256[:12]}...): its scores are not comparable with reports scored on the pinned one"]
+    if replaced := pin.record.get("replaced"):
+        return [f"the project's test set was replaced on {pin.record['pinned_at']} (`data prepare --new-test`: "
+                f"{replaced['removed']} row(s) removed, {replaced['added']} added; was sha256 "
+                f"{replaced['sha256'][:12]}...): reports made before that are not comparable with this one"]
+    return []
 
 
 def _previous_test_hash(folder: EvalFolder) -> str | None:

@@ -48,6 +48,7 @@ def render_html(view: ReportView, plots: list[Plot], plots_folder: Path) -> str:
         _warnings(view),
         _candidates(view),
         _comparisons(view),
+        _rounds(view),
         _charts(plots, plots_folder),
         _disagreements(view),
     ]
@@ -151,6 +152,16 @@ def _example(example: Example) -> str:
     entries = [("input", example.input), ("reference", example.reference), *example.predictions]
     items = "".join(f"<dt>{escape(label)}</dt><dd><pre>{escape(text)}</pre></dd>" for label, text in entries)
     return f'<article class="example"><h3>Test row {escape(str(example.index))}</h3><dl>{items}</dl></article>'
+
+
+def _rounds(view: ReportView) -> str:
+    if not view.rounds:
+        return ""
+    head = "".join(f"<th>{escape(m)}</th>" for m in view.round_metrics)
+    rows = "".join(f"<tr><td>{escape(n)}</td><td><code>{escape(run)}</code></td>"
+                   + "".join(f"<td>{escape(v)}</td>" for v in values) + "</tr>" for n, run, values in view.rounds)
+    return (f"<h2>Rounds</h2><p>Each round's fine-tune on this same test set (<code>tunekit iterate</code>).</p>"
+            f"<table><tr><th>round</th><th>run</th>{head}</tr>{rows}</table>")
 
 
 def _provenance(view: ReportView) -> str:

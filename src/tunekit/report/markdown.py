@@ -16,6 +16,7 @@ def render_markdown(view: ReportView, plots: list[Plot], plots_dir: str = "plots
         _warnings(view),
         _candidates(view),
         _comparisons(view),
+        _rounds(view),
         _plots(plots, plots_dir),
         _disagreements(view),
         _provenance(view),
@@ -115,6 +116,16 @@ def _example(example: Example) -> list[str]:
     for name, prediction in example.predictions:
         lines += ["", f"`{name}`:", "", _fenced(prediction)]
     return lines
+
+
+def _rounds(view: ReportView) -> str:
+    if not view.rounds:
+        return ""
+    metrics = view.round_metrics
+    lines = ["## Rounds", "", "Each round's fine-tune on this same test set (`tunekit iterate`).", "",
+             "| round | run | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    lines += [f"| {n} | `{run}` | " + " | ".join(values) + " |" for n, run, values in view.rounds]
+    return "\n".join(lines)
 
 
 def _provenance(view: ReportView) -> str:

@@ -77,6 +77,8 @@ class ReportView:
     baseline: str | None
     examples: list[Example]
     provenance: list[tuple[str, str]]
+    rounds: list[tuple[str, str, list[str]]]  # (round, run, formatted metrics) on this test set
+    round_metrics: list[str]  # the rounds table's metric columns
     # Raw material for the plots.
     plot_metrics: list[str] = field(default_factory=list)
     gates: list[Gate] = field(default_factory=list)
@@ -106,6 +108,9 @@ def build_view(result: EvalResult) -> ReportView:
         baseline=pair.baseline,
         examples=[_example(row, pair) for row in pair.rows],
         provenance=_provenance(result),
+        rounds=[(str(r.round), r.run, [format_value(m, r.metrics.get(m)) for m in result.metrics])
+                for r in result.rounds],
+        round_metrics=list(result.metrics),
         plot_metrics=[m for m in metrics if m in result.metrics or m in gated],
         gates=result.gates,
         candidates=result.ran,
