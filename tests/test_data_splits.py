@@ -9,6 +9,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from train_helpers import tunekit
 from tunekit.runfolder import EvalFolder, RunFolder
 
@@ -72,13 +74,23 @@ def test_given_files_are_the_splits_and_eval_scores_exactly_the_given_test_rows(
     assert manifest["splits"]["test"]["sha256"] == result["test_split"]["sha256"]
 
 
+def _prepare(config: Path, *overrides: str):
+    """`data prepare` in this process (the CLI's own behaviour is checked through `tunekit` elsewhere here)."""
+    from tunekit.config import load_config
+    from tunekit.data.prepare import prepare
+    from tunekit.models.load import load_tokenizer
+    from tunekit.models.resolve import resolve_model
+
+    cfg = load_config(config, list(overrides))
+    return prepare(cfg, load_tokenizer(resolve_model(cfg.model.name)))[1]
+
+
 def test_given_validation_files_are_used_as_they_are(tmp_path: Path, tiny_model_dir: Path) -> None:
     _write(tmp_path / "train.jsonl", _rows(30, seed=1))
     _write(tmp_path / "dev.jsonl", _rows(5, seed=3))
     _write(tmp_path / "test.jsonl", _rows(6, seed=2))
     config = _project(tmp_path, tiny_model_dir, "{train: [train.jsonl], validation: [dev.jsonl], test: [test.jsonl]}")
-    proc = tunekit("data", "prepare", str(config))
-    assert proc.returncode == 0, proc.stderr
+    _prepare(config)
     assert [len(_split(tmp_path, n)) for n in ("train", "validation", "test")] == [30, 5, 6]
 
 
@@ -95,9 +107,7 @@ def test_a_test_prompt_also_in_train_is_refused_with_both_lines_or_dropped_from_
     assert "data.leakage: drop_from_train" in proc.stderr and "Traceback" not in proc.stderr
     assert not RunFolder(tmp_path / "run").data_dir.exists()  # nothing half-written
 
-    proc = tunekit("data", "prepare", str(config), "data.leakage=drop_from_train")
-    assert proc.returncode == 0, proc.stderr
-    assert "leaked_into_test 1" in proc.stdout
+    assert _prepare(config, "data.leakage=drop_from_train").dropped["leaked_into_test"] == 1
     kept = [_user_text(r) for r in _split(tmp_path, "train") + _split(tmp_path, "validation")]
     assert len(kept) == 39 and train[9]["text"] not in kept
     assert train[9]["text"] in [_user_text(r) for r in _split(tmp_path, "test")]
@@ -105,13 +115,14 @@ def test_a_test_prompt_also_in_train_is_refused_with_both_lines_or_dropped_from_
 
 def test_files_and_splits_together_are_a_config_error(tmp_path: Path, tiny_model_dir: Path) -> None:
     _write(tmp_path / "train.jsonl", _rows(10, seed=1))
+    from tunekit.config import load_config
+    from tunekit.errors import ConfigError
+
     both = "{train: [train.jsonl], test: [train.jsonl]}"
-    config = _project(tmp_path, tiny_model_dir, both, "  files: [train.jsonl]\n")
-    proc = tunekit("data", "prepare", str(config))
-    assert proc.returncode == 2
-    assert "data.files and data.splits" in proc.stderr and "Traceback" not in proc.stderr
-    proc = tunekit("data", "prepare", str(_project(tmp_path, tiny_model_dir, "{train: [train.jsonl]}")))
-    assert proc.returncode == 2 and "data.splits.test" in proc.stderr, proc.stderr
+    with pytest.raises(ConfigError, match=r"data\.files and data\.splits"):
+        load_config(_project(tmp_path, tiny_model_dir, both, "  files: [train.jsonl]\n"))
+    with pytest.raises(ConfigError, match=r"data\.splits\.test"):
+        load_config(_project(tmp_path, tiny_model_dir, "{train: [train.jsonl]}"))
 
 
 def test_other_test_files_need_new_test_and_the_next_eval_says_so(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -121,9 +132,8 @@ def test_other_test_files_need_new_test_and_the_next_eval_says_so(tmp_path: Path
     config = _project(tmp_path, tiny_model_dir, "{train: [train.jsonl], test: [test.jsonl]}",
                       "eval:\n  candidates: [zero_shot]\n  metrics: [accuracy]\n  max_new_tokens: 2\n"
                       "  latency: {samples: 1}\n")
-    first = tunekit("data", "prepare", str(config))
-    assert first.returncode == 0 and "test set pinned" in first.stdout, first.stderr
-    assert tunekit("data", "prepare", str(config)).returncode == 0  # the same files: kept as pinned
+    assert _prepare(config).test_data is None  # the first run pins its test split
+    assert _prepare(config).test_data is not None  # the same files: kept as pinned
 
     _write(tmp_path / "test.jsonl", test[:6] + _rows(2, seed=5))
     proc = tunekit("data", "prepare", str(config))
@@ -132,7 +142,7 @@ def test_other_test_files_need_new_test_and_the_next_eval_says_so(tmp_path: Path
 
     proc = tunekit("data", "prepare", str(config), "--new-test")
     assert proc.returncode == 0, proc.stderr
-    assert "replaces sha256" in proc.stdout and "not comparable" in proc.stdout
+    assert "test set pinned" in proc.stdout and "replaces sha256" in proc.stdout and "not comparable" in proc.stdout
     proc = tunekit("eval", str(config))
     assert proc.returncode in (0, 1), proc.stderr
     result = json.loads(EvalFolder(tmp_path / "run" / "eval").result_path.read_text())
@@ -171,8 +181,11 @@ def test_a_number_where_text_belongs_is_an_error_unless_conversion_is_asked(tmp_
     _write(tmp_path / "train.jsonl", rows)
     _write(tmp_path / "test.jsonl", _rows(6, seed=2))
     config = _project(tmp_path, tiny_model_dir, "{train: [train.jsonl], test: [test.jsonl]}")
-    proc = tunekit("data", "prepare", str(config))
-    assert proc.returncode == 2
-    assert "train.jsonl:5" in proc.stdout and "'label' is a number (7) where text belongs" in proc.stdout
-    proc = tunekit("data", "prepare", str(config), "data.convert_types=true")
-    assert proc.returncode == 0, proc.stderr
+    from tunekit.data.prepare import DataErrors
+
+    with pytest.raises(DataErrors) as refused:
+        _prepare(config)
+    [problem] = refused.value.problems.errors
+    assert problem.render().startswith(f"{tmp_path / 'train.jsonl'}:5: error:")
+    assert "'label' is a number (7) where text belongs" in problem.message
+    assert _prepare(config, "data.convert_types=true").warnings == 1

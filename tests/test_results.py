@@ -40,6 +40,13 @@ def test_an_eval_json_round_trips_exactly(tmp_path: Path) -> None:
     assert (gate.metric, gate.op, gate.threshold) == ("accuracy", ">=", 0.85)  # written as text, read parsed
 
 
+def test_an_eval_json_from_before_rounds_still_reads(tmp_path: Path) -> None:
+    older = json.loads(FIXTURE.read_text())
+    del older["rounds"]  # written before `tunekit iterate` existed
+    (tmp_path / "eval.json").write_text(json.dumps(older))
+    assert EvalResult.read(tmp_path / "eval.json").rounds == []
+
+
 def test_per_row_outputs_go_to_predictions_not_eval_json(tmp_path: Path) -> None:
     candidate = ran_with_rows()
     result = sample_result().model_copy(update={"candidates": [candidate]})
