@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
+from tunekit.generate.constraints import Constraints, apply_masks
 from tunekit.generate.kv_batch import GROW_SLOTS, DecodeBatch, ModelShape
 from tunekit.generate.multi_lora import StackedLora
-from tunekit.generate.sampling import TextTracker, choose_tokens, request_rng
-from tunekit.generate.types import Generation, GenerationParams
+from tunekit.generate.sampling import TextTracker, choose_tokens, request_rng, token_logprobs
+from tunekit.generate.types import Generation, GenerationParams, TokenLogprob
 
 # Padded tokens per prefill forward. Larger chunks cost padding and memory and buy little once the
 # matmuls are this big; smaller ones pay the per-forward Python overhead more often.
@@ -36,6 +37,7 @@ class Request:
     adapter: str | None
     decode: Callable[[list[int]], str]
     on_finish: Callable[[Request], None] | None = None
+    matcher: Any = None  # the constraint's llguidance matcher (constraints.py), when params.constraint is set
     submitted: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     completion_tokens: int = 0
@@ -46,6 +48,7 @@ class Request:
     def __post_init__(self) -> None:
         self.tracker = TextTracker(self.decode, self.params.stop)
         self.rng: torch.Generator | None = None
+        self.logprobs: list[TokenLogprob] = []
 
     @property
     def done(self) -> bool:
@@ -64,7 +67,11 @@ class Request:
         self.completion_tokens += 1
         if token in eos_ids:
             return self.finish("stop")
+        if self.matcher is not None and not self.matcher.consume_token(token):
+            return self.fail(RuntimeError(f"constrained decoding failed: {self.matcher.get_error()}"))
         if self.tracker.add(token):
+            return self.finish("stop")
+        if self.matcher is not None and self.matcher.is_stopped():  # the constraint allows nothing more
             return self.finish("stop")
         if self.completion_tokens >= self.params.max_new_tokens:
             return self.finish("length")
@@ -76,6 +83,8 @@ class Request:
             text=self.tracker.final_text(), prompt_tokens=len(self.prompt_ids),
             completion_tokens=self.completion_tokens, finish_reason=reason,
             latency_s=now - self.submitted, ttft_s=(self.first_token_at or now) - self.submitted,
+            logprobs=self.logprobs if self.params.logprobs is not None else None,
+            constraint=self.params.constraint.describe() if self.params.constraint is not None else None,
         )
         if self.on_finish is not None:
             self.on_finish(self)
@@ -93,11 +102,12 @@ class BatchRunner:
 
     def __init__(self, model: Any, shape: ModelShape, limits: Limits, eos_ids: frozenset[int], pad_id: int,
                  select_adapter: Callable[[str | None], None], *, mixes_adapters: bool = False,
-                 stacked_lora: StackedLora | None = None):
+                 stacked_lora: StackedLora | None = None, constraints: Constraints | None = None):
         self.model, self.shape, self.limits = model, shape, limits
         self.eos_ids, self.pad_id, self.select_adapter = eos_ids, pad_id, select_adapter
         self.mixes_adapters = mixes_adapters  # rows of different adapters may share a batch
         self.stacked_lora = stacked_lora  # their forward, when every LoRA layer allows it (else PEFT's)
+        self.constraints = constraints  # what the rows' matchers were compiled with
         self.pending: list[Request] = []
         self.batch: DecodeBatch | None = None
         self.adapter: str | None = None
@@ -214,8 +224,10 @@ class BatchRunner:
         return batch
 
     def _take_tokens(self, batch: DecodeBatch, logits: torch.Tensor) -> None:
+        logits = self._constrained(batch.rows, logits)
         tokens, errors = self._choose(batch.rows, logits)
         batch.next_tokens = tokens
+        self._record_logprobs(batch.rows, logits, tokens)
         finished = [self._accept(r, t, e) for r, t, e in zip(batch.rows, tokens.tolist(), errors)]
         if any(finished):
             alive = [i for i, f in enumerate(finished) if not f]
@@ -225,6 +237,23 @@ class BatchRunner:
                 self.batch = None
             else:
                 batch.rows = []
+
+    def _constrained(self, rows: list[Request], logits: torch.Tensor) -> torch.Tensor:
+        """The logits with every constrained row's disallowed tokens at -inf (a float copy; as is otherwise)."""
+        constrained = [(i, r.matcher) for i, r in enumerate(rows) if r.matcher is not None]
+        if not constrained or self.constraints is None:
+            return logits
+        logits = logits.float()  # choose_tokens samples in fp32 anyway; the copy leaves the model's output alone
+        apply_masks(logits, constrained, self.constraints)
+        return logits
+
+    @staticmethod
+    def _record_logprobs(rows: list[Request], logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Each asking row's token log-probability (and top alternatives), under its constrained distribution."""
+        for i, request in enumerate(rows):
+            if request.params.logprobs is not None:
+                request.logprobs.append(token_logprobs(logits[i], int(tokens[i]), request.params.logprobs,
+                                                       request.decode))
 
     @staticmethod
     def _choose(rows: list[Request], logits: torch.Tensor) -> tuple[torch.Tensor, list[BaseException | None]]:

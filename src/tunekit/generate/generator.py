@@ -31,6 +31,7 @@ from tunekit.devices import DTYPES, pick_device
 from tunekit.errors import UserError
 from tunekit.generate import model_prep
 from tunekit.generate.batching import BatchRunner, Limits, Request
+from tunekit.generate.constraints import Constraints
 from tunekit.generate.hf_fallback import hf_generate
 from tunekit.generate.kv_batch import ATTENTION_NAME, ModelShape
 from tunekit.generate.multi_lora import StackedLora
@@ -88,6 +89,8 @@ class Generator:
         self._lock = threading.Lock()
         mixes = model_prep.mixes_adapters(self.model)
         self.stacked_lora = StackedLora(self.model) if mixes else None  # mixed-adapter rows, batched
+        vocab = max(getattr(self._config, "vocab_size", 0) or 0, len(tokenizer))
+        self.constraints = Constraints(tokenizer, vocab, self.eos_ids)
 
     def render(self, messages: list[dict]) -> str:
         """The conversation in the tokenizer's own chat template, ready for the assistant's turn."""
@@ -103,7 +106,7 @@ class Generator:
         with self.decoding(adapter) as fallback:
             if fallback:
                 for request in requests:
-                    hf_generate(self.model, self.tokenizer, request, self.eos_ids, self.pad_id)
+                    hf_generate(self.model, self.tokenizer, request, self.eos_ids, self.pad_id, self.constraints)
             else:
                 runner = self.runner()
                 runner.add(requests)
@@ -124,7 +127,7 @@ class Generator:
         sent = 0
         with self.decoding(request.adapter) as fallback:
             if fallback:
-                hf_generate(self.model, self.tokenizer, request, self.eos_ids, self.pad_id)
+                hf_generate(self.model, self.tokenizer, request, self.eos_ids, self.pad_id, self.constraints)
             else:
                 runner = self.runner()
                 runner.add([request])
@@ -151,11 +154,13 @@ class Generator:
         if limit and len(ids) >= limit:
             raise UserError(f"the prompt is {len(ids)} tokens; the model takes at most {limit}", where="prompt",
                             fix="shorten the prompt or the conversation history")
-        return Request(list(ids), params, adapter, self._decode)
+        matcher = self.constraints.compile(params.constraint) if params.constraint is not None else None
+        return Request(list(ids), params, adapter, self._decode, matcher=matcher)
 
     def runner(self) -> BatchRunner:
         return BatchRunner(self.model, self.shape, self.limits, self.eos_ids, self.pad_id, self._select_adapter,
-                           mixes_adapters=model_prep.mixes_adapters(self.model), stacked_lora=self.stacked_lora)
+                           mixes_adapters=model_prep.mixes_adapters(self.model), stacked_lora=self.stacked_lora,
+                           constraints=self.constraints)
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Add the PEFT adapter saved in `path` as `name` to the model this generator decodes.

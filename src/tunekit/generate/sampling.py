@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from tunekit.generate.types import TokenLogprob, TopLogprob
+
 REPLACEMENT_CHAR = "\ufffd"  # what a decoder prints for the first bytes of a character split across tokens
 
 
@@ -50,6 +52,16 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, rng: to
         drop_sorted[-1] = False
         scores = scores.masked_fill(drop_sorted.scatter(0, order, drop_sorted), float("-inf"))
     return torch.multinomial(scores.softmax(dim=-1), 1, generator=rng)[0]
+
+
+def token_logprobs(logits: torch.Tensor, token: int, top: int, decode: Callable[[list[int]], str]) -> TokenLogprob:
+    """`token`'s log-probability under softmax(`logits`) (one row), with the `top` most likely tokens'."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best = torch.topk(logprobs, top) if top else None
+    rivals = () if best is None else tuple(  # tokens a constraint excludes (-inf) are no rivals
+        TopLogprob(decode([i]), i, lp) for lp, i in zip(best.values.tolist(), best.indices.tolist())
+        if lp != float("-inf"))
+    return TokenLogprob(decode([token]), token, float(logprobs[token]), rivals)
 
 
 class TextTracker:

@@ -200,7 +200,7 @@ class BatchScheduler:
                 try:
                     with self.generator.decoding(adapter):
                         hf_generate(self.generator.model, self.generator.tokenizer, submission.request,
-                                    self.generator.eos_ids, self.generator.pad_id)
+                                    self.generator.eos_ids, self.generator.pad_id, self.generator.constraints)
                 except Exception as error:
                     submission.fail(error)
                 else:
