@@ -93,10 +93,10 @@ def test_writes_every_file_and_returns_their_paths(report: dict[str, Any]) -> No
     assert all(path.is_file() and path.stat().st_size > 0 for path in paths.values())
     pngs = sorted(p.name for p in (out / "plots").iterdir())
     assert sorted(k.removeprefix("plots/") for k in paths if k.startswith("plots/")) == pngs
-    # One bar chart per quality or gated metric, the latency histogram, and both confusion matrices.
+    # One bar chart per quality or gated metric, the latency and confidence histograms, both confusion matrices.
     assert pngs == sorted(
         [f"metric_{m}.png" for m in ("accuracy", "macro_f1", "exact_match", "latency_p95_ms")]
-        + ["latency.png", "confusion_finetuned.png", "confusion_few_shot.png"]
+        + ["latency.png", "confidence.png", "confusion_finetuned.png", "confusion_few_shot.png"]
     )
     assert not (out / "eval.json").exists()  # eval writes the result; the report only renders it
 
@@ -138,6 +138,29 @@ def test_markdown_marks_gated_cells(report: dict[str, Any]) -> None:
     # Primary metric first, then the other quality metrics, then serving figures.
     assert headers[:4] == ["candidate", "accuracy", "macro_f1", "exact_match"]
     assert headers.index("latency p50 (ms)") > headers.index("exact_match")
+
+
+def test_structured_outputs_and_calibration_sit_beside_the_candidates(report: dict[str, Any]) -> None:
+    md, page = report["md"], report["html"]
+    order = ["## Candidates", "## Structured outputs", "## Calibration", "## Paired comparisons"]
+    assert [md.index(h) for h in order] == sorted(md.index(h) for h in order)
+    assert "decoded under one json schema, inferred from 1,480 train answers" in md
+    assert "the same rate without it, on the same 64 test rows" in md
+    assert "| candidate | decoded under | json_valid with the constraint | json_valid without it | rows |" in md
+    assert "| zero_shot | json schema | 1.000 | 0.406 | 64 | 21.4 |" in md
+    assert "| finetuned | 0.041 | 0.921 | 0.880 | 200 | 0 |" in md  # ECE, mean confidence, accuracy, answers
+    assert md_row(md, "finetuned")["ece"] == "0.041"
+    assert "<h2>Structured outputs</h2>" in page and "<h2>Calibration</h2>" in page
+    assert "<td>few_shot</td><td>json schema</td><td>1.000</td><td>0.672</td>" in page
+
+
+def test_an_unconstrained_rag_says_why(tmp_path: Path) -> None:
+    raw = fixture_dict()
+    rag = raw["candidates"][2] = {**raw["candidates"][0], "name": "rag", "kind": "rag"}
+    rag["structured"] = {"constraint": None, "note": "unconstrained: rag.citations is inline", "metric": None}
+    md = write_report(EvalResult.model_validate(raw), EvalFolder(tmp_path))["report.md"].read_text(encoding="utf-8")
+    assert "| rag | none | – | – | 0 | – |" in md
+    assert "- `rag`: unconstrained: rag.citations is inline" in md
 
 
 def test_html_colours_gated_cells(report: dict[str, Any]) -> None:

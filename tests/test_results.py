@@ -47,6 +47,28 @@ def test_an_eval_json_from_before_rounds_still_reads(tmp_path: Path) -> None:
     assert EvalResult.read(tmp_path / "eval.json").rounds == []
 
 
+def test_an_eval_json_from_before_constrained_decoding_still_reads(tmp_path: Path) -> None:
+    older = json.loads(FIXTURE.read_text())
+    del older["constraint"]  # written before eval.constrained existed: no constraint, no rates, no ECE
+    for candidate in older["candidates"]:
+        del candidate["structured"], candidate["calibration"]
+        candidate["metrics"].pop("ece", None)
+    (tmp_path / "eval.json").write_text(json.dumps(older))
+    result = EvalResult.read(tmp_path / "eval.json")
+    assert result.constraint is None
+    assert all(c.structured is None and c.calibration is None for c in result.candidates)
+
+
+def test_fields_a_reader_does_not_know_are_ignored_so_older_readers_read_newer_files(tmp_path: Path) -> None:
+    # How an older tunekit reads this one's eval.json (constraint, structured, calibration): the records ignore
+    # unknown keys, as they did before those fields existed.
+    newer = fixture_dict()
+    newer["written_by_a_later_version"] = {"x": 1}
+    newer["candidates"][0]["another_new_record"] = [1, 2]
+    (tmp_path / "eval.json").write_text(json.dumps(newer))
+    assert EvalResult.read(tmp_path / "eval.json") == sample_result()
+
+
 def test_per_row_outputs_go_to_predictions_not_eval_json(tmp_path: Path) -> None:
     candidate = ran_with_rows()
     result = sample_result().model_copy(update={"candidates": [candidate]})

@@ -61,10 +61,30 @@ class EvalConfig(Section):
     labels: list[str] | None = Field(None, description="label set (default: the answers seen in train)")
     label_field: str | None = Field(None, description="JSON answers: the field that holds the label")
     json_schema: str | None = Field(None, description="JSON schema file for json_schema/field_accuracy")
+    constrained: Literal["auto", True, False] = Field(
+        "auto", description="decode every candidate under one output constraint (eval/constraint.py): auto, when "
+        "the answers are JSON or labels (a declared JSON schema, else one inferred from train); true, the same, "
+        "but an error when none can be decided; false, never")
+    unconstrained_samples: int = Field(
+        64, ge=0, description="when candidates are constrained, this many test rows (seeded, the same for every "
+        "candidate) are decoded again without the constraint, to report how often the model's own output is "
+        "valid; 0: skip that pass")
     bootstrap_samples: int = Field(1000, ge=100)
     safety: bool = Field(False, description="also run the red-team set, with and without guardrails")
     cost: CostConfig = Field(default_factory=CostConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
+
+    @field_validator("constrained", mode="before")
+    @classmethod
+    def _constrained_word(cls, value: object) -> object:
+        """auto, true or false; as YAML reads them (a bool) or quoted ("true"), and nothing else."""
+        if isinstance(value, str) and value.strip().lower() in ("auto", "true", "false"):
+            word = value.strip().lower()
+            return "auto" if word == "auto" else word == "true"
+        if isinstance(value, bool):
+            return value
+        raise ValueError("must be auto, true or false (auto: constrain the answers when they are JSON or labels; "
+                         "true: the same, and an error when no constraint can be decided; false: never)")
 
     @field_validator("gates", mode="before")
     @classmethod
@@ -132,13 +152,16 @@ class ServeConfig(Section):
                                 "none: those routes answer 403. API keys never open them")
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_tokens_limit: int = Field(512, ge=1, description="most new tokens one request may ask for")
+    max_n: int = Field(8, ge=1, le=128, description="most choices (n) one request may ask for; each is a row "
+                       "of the batch, and the request is charged n x max_tokens")
     max_input_tokens: int = Field(4096, ge=1)
     max_input_chars: int | None = Field(
         None, ge=1, description="characters of message text per request, checked before tokenizing; "
                                "default 16 x max_input_tokens")
     rate_limit_per_minute: int = Field(120, ge=1, description="requests per key (or client) per minute")
     tokens_per_minute: int = Field(100_000, ge=1, description="tokens per key (or client) per minute: "
-                                   "max_tokens plus the prompt estimated at 4 characters a token")
+                                   "max_tokens times n plus the prompt estimated at 4 characters a token "
+                                   "(embeddings: their input so estimated)")
     auth_failures_per_minute: int = Field(10, ge=1, description="wrong or missing keys from one client address "
                                           "before it gets 429s, even with a right key, for a minute")
     trusted_proxies: list[str] = Field(default_factory=list, description="addresses or networks (CIDR) whose "

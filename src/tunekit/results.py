@@ -67,6 +67,8 @@ class RowOutputs:
     scores: list[float] | None  # the primary metric per row; None when it does not decompose into rows
     latency_ms: dict[int, float]  # the rows the latency probe sent
     retrieved: list[list[str]] | None  # rag: the chunk ids each row was given
+    confidence: list[float | None] | None = None  # label metrics: the probability of each row's label
+    unconstrained: dict[int, str] | None = None  # the rows decoded again without the constraint: that text
 
 
 class PredictionRow(Record):
@@ -82,6 +84,33 @@ class PredictionRow(Record):
     latency_ms: float | None = None  # None for rows the latency probe did not send
     meta: dict[str, Any] = {}
     retrieved: list[str] | None = None
+    confidence: float | None = None  # the probability the model gave the label it wrote (label metrics)
+    unconstrained_prediction: str | None = None  # the raw text without the constraint (rows of that pass only)
+
+
+class StructuredOutput(Record):
+    """A candidate's outputs with and without the constraint it was decoded under (eval/structured.py)."""
+
+    constraint: str | None  # what it was decoded under (Constraint.describe()); None: unconstrained
+    note: str | None = None  # why it differs from the other candidates' constraint (rag's citations)
+    metric: str | None = None  # json_valid or label_valid: the rate compared
+    constrained: float | None = None  # the rate under the constraint, on the rows below
+    unconstrained: float | None = None  # the rate without it, on the same rows
+    rows: int = 0  # test rows decoded both ways (eval.unconstrained_samples)
+    seconds: float | None = None  # what the pass without the constraint took
+
+
+class Calibration(Record):
+    """How the probability of each answer's label matches how often it is right (eval/calibration.py)."""
+
+    ece: float  # expected calibration error over `bins` equal-width confidence bins
+    bins: int
+    rows: int  # answers with a label probability
+    missing: int  # answers that state no label (or carry no log-probabilities), left out
+    confidence_mean: float
+    accuracy: float  # of the same rows
+    correct: list[int]  # per bin, lowest confidence first: right answers
+    wrong: list[int]  # and wrong ones
 
 
 class CandidateResult(Record):
@@ -96,6 +125,8 @@ class CandidateResult(Record):
     gate_results: list[GateOutcome] = []
     latencies_ms: list[float] = []
     latency_probe: LatencySample | None = None
+    structured: StructuredOutput | None = None  # None: eval.constrained decided no constraint (or an older file)
+    calibration: Calibration | None = None  # None: no label metric, or no log-probabilities
     rows: RowOutputs | None = Field(None, exclude=True, repr=False)
 
     @computed_field  # written for people reading eval.json; read back from gate_results
@@ -129,6 +160,8 @@ class CandidateResult(Record):
                 scored_answer=None if rows.scored[i] == rows.raw[i] else rows.scored[i],
                 correct=None if score is None else score >= 1.0, score=score, latency_ms=rows.latency_ms.get(i),
                 meta=metas[i], retrieved=rows.retrieved[i] if rows.retrieved else None,
+                confidence=rows.confidence[i] if rows.confidence else None,
+                unconstrained_prediction=(rows.unconstrained or {}).get(i),
             ))
         return out
 
@@ -196,6 +229,18 @@ class RoundScore(Record):
     metrics: dict[str, float | None]
 
 
+class ConstraintSettings(Record):
+    """`eval.constrained` and what it decided: the constraint the candidates were decoded under
+    (eval/constraint.py), kept whole so that what was evaluated can be served the same way."""
+
+    mode: Literal["auto", "true", "false"]
+    kind: str | None  # json_schema or choice; None: no constraint
+    description: str | None  # Constraint.describe()
+    source: str  # where it came from, or why there is none
+    value: Any = None  # the JSON schema or the labels, as the engine was given them
+    unconstrained_rows: list[int] = []  # the test rows also decoded without it
+
+
 class EvalResult(Record):
     project: str
     created: str
@@ -216,6 +261,7 @@ class EvalResult(Record):
     disagreements: Disagreements
     warnings: list[str]
     rounds: list[RoundScore] = Field(default_factory=list)  # every round scored on this test set (iterate)
+    constraint: ConstraintSettings | None = None  # None: written before eval.constrained existed
 
     @property
     def ran(self) -> list[CandidateResult]:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunekit.generate import Generation, GenerationParams, Generator
+if TYPE_CHECKING:  # the engine imports torch; sample_rows is also used before any model loads
+    from tunekit.generate import Generation, GenerationParams, Generator
 
 
 @dataclass

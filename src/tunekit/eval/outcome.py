@@ -12,6 +12,7 @@ from tunekit.results import (
     FINETUNED,
     CandidateResult,
     Comparison,
+    ConstraintSettings,
     Decision,
     Disagreement,
     Disagreements,
@@ -66,6 +67,7 @@ def build_result(plan: EvalPlan, candidates: list[CandidateResult]) -> EvalResul
         disagreements=_disagreements(plan, ran, decision, ranker(plan.primary, directions[plan.primary])),
         warnings=_warnings(plan, previous),
         rounds=_rounds(plan, ran),
+        constraint=_constraint(plan),
     )
 
 
@@ -133,6 +135,16 @@ def _warnings(plan: EvalPlan, previous: str | None) -> list[str]:
         warnings.append(f"the test split differs from the one the previous report used ({previous[:12]}... -> "
                         f"{plan.test.sha256[:12]}...): the two reports are not comparable")
     return warnings + _pin_warnings(plan)
+
+
+def _constraint(plan: EvalPlan) -> ConstraintSettings:
+    """What eval.constrained decided, the constraint itself included, so what was evaluated can be served so."""
+    decided = plan.constraint
+    constraint = decided.constraint
+    return ConstraintSettings(mode=decided.mode, kind=decided.kind,
+                              description=constraint.describe() if constraint else None, source=decided.source,
+                              value=list(decided.value) if decided.kind == "choice" else decided.value,
+                              unconstrained_rows=plan.unconstrained_rows)
 
 
 def _rounds(plan: EvalPlan, ran: list[CandidateResult]) -> list[RoundScore]:

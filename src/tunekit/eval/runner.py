@@ -14,8 +14,9 @@ from typing import Any
 
 from tunekit.config import ProjectConfig
 from tunekit.data.records import Example
-from tunekit.errors import ConfigError
+from tunekit.errors import ConfigError, UserError
 from tunekit.eval.candidates import CandidateSpec, build_prompts, finetuned_run_dir, loaded_model, plan_candidates
+from tunekit.eval.constraint import LABEL_METRICS, ConstraintPlan, decide_constraint
 from tunekit.eval.decision import gate_outcomes
 from tunekit.eval.outcome import build_result, write_outputs
 from tunekit.eval.testset import TestSet, load_json_schema, load_test_set, load_train_examples, resolve_labels
@@ -35,6 +36,9 @@ class EvalPlan:
     ctx: Any  # MetricContext
     template_sha256: str | None
     folder: EvalFolder
+    constraint: ConstraintPlan  # what every candidate is decoded under (eval.constrained)
+    calibrate: bool  # label metrics: each answer's label probability, and the ECE
+    unconstrained_rows: list[int]  # test rows also decoded without the constraint
 
     def metric_inputs(self, metric: Any, rows: RowOutputs) -> tuple[list[str], Any]:
         """What one metric scores for one candidate: the raw output when it reads citations, with the sources
@@ -51,8 +55,9 @@ def eval_folder(cfg: ProjectConfig) -> EvalFolder:
 
 def check_eval(cfg: ProjectConfig) -> EvalPlan:
     """Every check that needs no model: candidates, metrics, gates, the test split, labels, the template."""
+    from tunekit.eval.latency import sample_rows
     from tunekit.eval.metrics import MetricContext, check_metrics
-    from tunekit.eval.system_metrics import SAFETY_METRICS, SYSTEM_METRICS
+    from tunekit.eval.system_metrics import CALIBRATION_METRICS, SAFETY_METRICS, SYSTEM_METRICS
 
     specs = plan_candidates(cfg)
     metrics = cfg.eval.metrics
@@ -62,7 +67,9 @@ def check_eval(cfg: ProjectConfig) -> EvalPlan:
     if primary not in metrics:
         raise ConfigError(f"primary metric '{primary}' is not in eval.metrics {metrics}", where="eval.primary_metric")
     gates = [parse_gate(text) for text in cfg.eval.gates]
-    computed = {*metrics, *SYSTEM_METRICS, *(SAFETY_METRICS if cfg.eval.safety else ())}
+    calibrate = any(name in LABEL_METRICS for name in metrics)
+    computed = {*metrics, *SYSTEM_METRICS, *(SAFETY_METRICS if cfg.eval.safety else ()),
+                *(CALIBRATION_METRICS if calibrate else ())}
     for gate in gates:
         if gate.metric not in computed:
             raise ConfigError(f"gate '{gate.text}' is on '{gate.metric}', which is not computed; computed: "
@@ -80,7 +87,11 @@ def check_eval(cfg: ProjectConfig) -> EvalPlan:
         from tunekit.guard import validate_guard_config
 
         validate_guard_config(cfg)
-    return EvalPlan(cfg, test, train, specs, gates, primary, ctx, _template_hash(cfg, specs), eval_folder(cfg))
+    constraint = decide_constraint(cfg, train, ctx.json_schema)
+    free_rows = sample_rows(len(test.examples), cfg.eval.unconstrained_samples, cfg.data.split.seed) \
+        if constraint.kind is not None and cfg.eval.unconstrained_samples else []
+    return EvalPlan(cfg, test, train, specs, gates, primary, ctx, _template_hash(cfg, specs), eval_folder(cfg),
+                    constraint, calibrate, free_rows)
 
 
 def _requires(metric: str, what: str) -> bool:
@@ -118,37 +129,102 @@ def run_eval(plan: EvalPlan, say: Any = print) -> EvalResult:
 
 def _evaluate(spec: CandidateSpec, plan: EvalPlan, say: Any) -> CandidateResult:
     from tunekit.eval.latency import measure_latency
+    from tunekit.eval.structured import decode_unconstrained
     from tunekit.generate import GenerationParams, Generator
 
     cfg = plan.cfg
     prompts = build_prompts(spec, plan.test.prompts, cfg, plan.train)
-    params = GenerationParams(max_new_tokens=cfg.eval.max_new_tokens)
+    constraint, note = plan.constraint.for_candidate(spec, cfg)
+    params = GenerationParams(max_new_tokens=cfg.eval.max_new_tokens, constraint=constraint,
+                              logprobs=0 if plan.calibrate else None)
+    free, free_s = None, None
     with loaded_model(spec, cfg) as (model, tokenizer):
         generator = Generator(model, tokenizer, dtype=cfg.eval.dtype, max_batch_size=cfg.eval.batch_size)
-        start = time.perf_counter()
-        generations = generator.generate(prompts, params)  # quality, tokens/s and cost: one batched pass
-        wall = time.perf_counter() - start
-        probe = measure_latency(generator, prompts, params, samples=cfg.eval.latency.samples,
+        generations, wall, params, note = _quality_pass(generator, prompts, params, plan, note)
+        probe = measure_latency(generator, prompts, replace(params, logprobs=None), samples=cfg.eval.latency.samples,
                                 concurrency=cfg.eval.latency.concurrency, seed=cfg.data.split.seed)
+        if params.constraint is not None and plan.unconstrained_rows:
+            free, free_s = decode_unconstrained(generator, prompts, params, plan.unconstrained_rows)
         safety = _safety(generator, cfg) if cfg.eval.safety else {}
         dtype = generator.device.dtype_name  # what "auto" resolved to: serve's preflight repeats it
     raw = [g.text for g in generations]
     rows = RowOutputs(prompts=prompts, raw=raw, scored=_answers(cfg, spec, raw), scores=None,
                       latency_ms={row: _ms(s) for row, s in probe.by_row().items()},
-                      retrieved=spec.retrieved or None)
+                      retrieved=spec.retrieved or None, unconstrained=free)
     metrics, details, scores = _score(plan, rows)
+    calibration, confidence = _calibration(plan, generations, rows)
+    if calibration is not None:
+        metrics["ece"] = calibration.ece
     metrics.update(_system(cfg, spec.name, generations, wall, probe))
     metrics.update(safety)
+    structured = _structured(plan, spec, params.constraint, note, rows, free_s)
     say(f"  {spec.name}: {plan.primary} {metrics[plan.primary]:.4f}, {wall:.1f} s for the test set; "
         f"latency p95 {metrics['latency_p95_ms']:.0f} ms over {len(probe.indices)} requests "
-        f"at concurrency {probe.concurrency}")
+        f"at concurrency {probe.concurrency}" + _structured_text(structured))
     return CandidateResult(
         name=spec.name, kind=spec.kind, model=spec.source, status="ok", dtype=dtype, metrics=metrics,
         details=details, gate_results=gate_outcomes(plan.gates, metrics),
         latencies_ms=[_ms(s) for s in probe.latencies_s],
         latency_probe=LatencySample(rows=probe.indices, concurrency=probe.concurrency),
-        rows=replace(rows, scores=scores),
+        structured=structured, calibration=calibration,
+        rows=replace(rows, scores=scores, confidence=confidence),
     )
+
+
+def _quality_pass(generator: Any, prompts: list[Any], params: Any, plan: EvalPlan,
+                  note: str | None) -> tuple[list[Any], float, Any, str | None]:
+    """The batched pass over the test set (quality, tokens/s and cost): generations, seconds, the params they were
+    decoded with and the candidate's constraint note. Under `eval.constrained: auto` a constraint the engine
+    cannot compile leaves the candidate unconstrained and says why; under `true` it is the user's error."""
+    try:
+        start = time.perf_counter()
+        return generator.generate(prompts, params), time.perf_counter() - start, params, note
+    except UserError as exc:
+        if params.constraint is None or exc.where != "constraint":
+            raise
+        if plan.constraint.mode != "auto":
+            raise ConfigError(f"the engine cannot decode under the constraint ({plan.constraint.source}): "
+                              f"{exc.message}", where="eval.constrained",
+                              fix="simplify the schema, or set eval.constrained to auto") from None
+        reason = f"unconstrained: the engine cannot compile the constraint ({exc.message})"
+    params = replace(params, constraint=None)
+    start = time.perf_counter()
+    return generator.generate(prompts, params), time.perf_counter() - start, params, reason
+
+
+def _calibration(plan: EvalPlan, generations: list[Any], rows: RowOutputs) -> tuple[Any, list[float | None] | None]:
+    """Label metrics: the ECE record and each row's label probability (None, None without log-probabilities)."""
+    if not plan.calibrate or all(g.logprobs is None for g in generations):
+        return None, None
+    from tunekit.eval.calibration import calibration, label_confidence
+    from tunekit.eval.metrics._labels import label_outputs
+
+    field = plan.ctx.label_field
+    confidence = [label_confidence(g.text, g.logprobs, field) for g in generations]
+    labelled = label_outputs(rows.scored, plan.test.references, plan.ctx)
+    correct = [p == r != labelled.other for p, r in zip(labelled.prediction_ids, labelled.reference_ids)]
+    return calibration(confidence, correct), [None if c is None else round(c, 6) for c in confidence]
+
+
+def _structured(plan: EvalPlan, spec: CandidateSpec, constraint: Any, note: str | None, rows: RowOutputs,
+                seconds: float | None) -> Any:
+    """The candidate's constraint and its validity rate with and without it; None when no candidate is
+    constrained (eval.constrained decided none)."""
+    if plan.constraint.kind is None:
+        return None
+    from tunekit.eval.structured import structured_output
+
+    labels = list(constraint.value) if constraint is not None and constraint.kind == "choice" else None
+    free = dict(zip(rows.unconstrained, _answers(plan.cfg, spec, list(rows.unconstrained.values())))) \
+        if rows.unconstrained else None
+    return structured_output(constraint, note, plan.constraint.validity_metric, rows.scored, free, seconds, labels)
+
+
+def _structured_text(structured: Any) -> str:
+    if structured is None or structured.unconstrained is None:
+        return ""
+    return (f"; {structured.metric} {structured.constrained:.2f} under the {structured.constraint}, "
+            f"{structured.unconstrained:.2f} without it ({structured.rows} rows, {structured.seconds:.1f} s)")
 
 
 def _ms(seconds: float) -> float:

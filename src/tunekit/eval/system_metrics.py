@@ -34,6 +34,10 @@ SAFETY_METRICS: dict[str, str] = {
     "attack_success_rate": "share of red-team attacks that succeed against the model alone",
     "attack_success_rate_guarded": "the same behind the configured guardrails",
 }
+# Measured for every candidate when a label metric (accuracy, macro_f1) is (see eval/calibration.py).
+CALIBRATION_METRICS: dict[str, str] = {
+    "ece": "expected calibration error of each answer's label probability (10 equal-width bins)",
+}
 # Fewer tokens per request is better too: they are what a request costs, in time and in money.
 _LOWER_IS_BETTER = {
     "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "input_tokens_mean", "output_tokens_mean", "cost_per_1k",
@@ -44,7 +48,7 @@ def higher_is_better(metric_name: str) -> bool:
     """Direction of any metric a gate or report may name (UserError listing the quality metrics if unknown)."""
     if metric_name in SYSTEM_METRICS:
         return metric_name not in _LOWER_IS_BETTER
-    if metric_name in SAFETY_METRICS:
+    if metric_name in SAFETY_METRICS or metric_name in CALIBRATION_METRICS:
         return False
     return get_metric(metric_name).higher_is_better
 

@@ -80,9 +80,13 @@ def resolve_labels(cfg: ProjectConfig, test: TestSet, train: list[Example]) -> l
 def load_json_schema(cfg: ProjectConfig) -> dict[str, Any] | None:
     if cfg.eval.json_schema is None:
         return None
-    path = (cfg.base_dir / cfg.eval.json_schema).resolve()
+    return read_schema_file((cfg.base_dir / cfg.eval.json_schema).resolve(), "eval.json_schema")
+
+
+def read_schema_file(path: Path, key: str) -> dict[str, Any]:
+    """The JSON schema in `path`, named by config `key`; a ConfigError when it is missing or not a schema."""
     if not path.is_file():
-        raise ConfigError("JSON schema file does not exist", where=f"eval.json_schema ({path})")
+        raise ConfigError("JSON schema file does not exist", where=f"{key} ({path})")
     try:
         schema = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

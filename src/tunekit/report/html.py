@@ -11,7 +11,7 @@ from html import escape
 from pathlib import Path
 
 from tunekit.report.plots import Plot
-from tunekit.report.view import VERDICTS, Cell, Example, ReportView
+from tunekit.report.view import CALIBRATION_NOTE, VERDICTS, Cell, Example, ReportView, structured_headers
 
 VERDICT_CLASS = {"ship_finetune": "good", "use_prompting": "info", "use_rag": "info", "nothing_meets": "bad"}
 
@@ -47,6 +47,8 @@ def render_html(view: ReportView, plots: list[Plot], plots_folder: Path) -> str:
         _decision(view),
         _warnings(view),
         _candidates(view),
+        _structured(view),
+        _calibration(view),
         _comparisons(view),
         _rounds(view),
         _charts(plots, plots_folder),
@@ -110,6 +112,29 @@ def _candidates(view: ReportView) -> str:
         items = [f"<code>{escape(n)}</code> ({escape(s)}): {escape(r)}" for n, s, r in view.skipped]
         out.append("<p>Not evaluated:</p><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
     return "\n".join(out)
+
+
+def _structured(view: ReportView) -> str:
+    if not view.structured:
+        return ""
+    rows = [[r.name, r.constraint, r.constrained, r.unconstrained, r.rows, r.seconds] for r in view.structured]
+    notes = [f"<code>{escape(r.name)}</code>: {escape(r.note)}" for r in view.structured if r.note]
+    return (f"<h2>Structured outputs</h2><p>{escape(view.constraint)}</p>{_table(structured_headers(view), rows)}"
+            + ("<ul>" + "".join(f"<li>{n}</li>" for n in notes) + "</ul>" if notes else ""))
+
+
+def _calibration(view: ReportView) -> str:
+    if not view.calibration:
+        return ""
+    head = ["candidate", "ECE", "mean confidence", "accuracy", "answers", "without a label"]
+    rows = [[r.name, r.ece, r.confidence, r.accuracy, r.rows, r.missing] for r in view.calibration]
+    return f"<h2>Calibration</h2><p>{escape(CALIBRATION_NOTE)}</p>{_table(head, rows)}"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    header = "".join(f"<th>{escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _comparisons(view: ReportView) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from tunekit.report.plots import Plot
-from tunekit.report.view import VERDICTS, Cell, Example, ReportView
+from tunekit.report.view import CALIBRATION_NOTE, VERDICTS, Cell, Example, ReportView, structured_headers
 
 PASS, FAIL = "✓", "✗"
 
@@ -15,6 +15,8 @@ def render_markdown(view: ReportView, plots: list[Plot], plots_dir: str = "plots
         _decision(view),
         _warnings(view),
         _candidates(view),
+        _structured(view),
+        _calibration(view),
         _comparisons(view),
         _rounds(view),
         _plots(plots, plots_dir),
@@ -64,6 +66,27 @@ def _candidates(view: ReportView) -> str:
     if view.skipped:
         lines += ["", "Not evaluated:", ""]
         lines += [f"- `{name}` ({status}): {_inline(reason)}" for name, status, reason in view.skipped]
+    return "\n".join(lines)
+
+
+def _structured(view: ReportView) -> str:
+    if not view.structured:
+        return ""
+    lines = ["## Structured outputs", "", _inline(view.constraint), "", _table_row(structured_headers(view)),
+             _table_row(["---"] * 6)]
+    for row in view.structured:
+        lines.append(_table_row([row.name, row.constraint, row.constrained, row.unconstrained, row.rows, row.seconds]))
+    notes = [f"- `{row.name}`: {_inline(row.note)}" for row in view.structured if row.note]
+    return "\n".join(lines + (["", *notes] if notes else []))
+
+
+def _calibration(view: ReportView) -> str:
+    if not view.calibration:
+        return ""
+    lines = ["## Calibration", "", CALIBRATION_NOTE, "",
+             _table_row(["candidate", "ECE", "mean confidence", "accuracy", "answers", "without a label"]),
+             _table_row(["---"] * 6)]
+    lines += [_table_row([r.name, r.ece, r.confidence, r.accuracy, r.rows, r.missing]) for r in view.calibration]
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""The report's charts as PNG files: a bar chart per gated or quality metric, latencies, confusion matrices.
+"""The report's charts as PNG files: a bar chart per gated or quality metric, latencies, label confidence,
+confusion matrices.
 
 Figures are built with `matplotlib.figure.Figure` on an Agg canvas rather than through pyplot, so no
 global figure state is touched: reports can be rendered from a server thread or next to other plots.
@@ -43,6 +44,9 @@ def render_plots(view: ReportView, folder: Path) -> list[Plot]:
     fig = _latency_histogram(figure_cls, view, palette)
     if fig is not None:
         save(fig, "latency.png", "Latency per request, all candidates")
+    fig = _confidence_histogram(figure_cls, view)
+    if fig is not None:
+        save(fig, "confidence.png", "Confidence in the label written, right and wrong answers (ECE bins)")
     for name in dict.fromkeys(n for n in (view.finetune, view.baseline) if n):
         found = _confusion(view, name)
         if found:
@@ -125,6 +129,28 @@ def _latency_histogram(figure_cls: Any, view: ReportView, palette: dict[str, str
     ax.set_xlabel("latency per request (ms)")
     ax.set_ylabel("requests")
     ax.legend(fontsize=8)
+    return fig
+
+
+def _confidence_histogram(figure_cls: Any, view: ReportView) -> Any:
+    """Per candidate, answers by confidence bin, right ones stacked under wrong ones: a calibrated candidate's
+    bars are mostly right on the right and mostly wrong on the left."""
+    calibrated = [c for c in view.candidates if c.calibration]
+    if not calibrated:
+        return None
+    fig = figure_cls(figsize=(min(3.2 * len(calibrated) + 1, 16), 3.4))
+    axes = fig.subplots(1, len(calibrated), squeeze=False, sharey=True)[0]
+    for ax, candidate in zip(axes, calibrated):
+        cal = candidate.calibration
+        width = 1 / cal.bins
+        centres = [(b + 0.5) * width for b in range(cal.bins)]
+        ax.bar(centres, cal.correct, width=width * 0.9, color=PASS_COLOUR, label="right")
+        ax.bar(centres, cal.wrong, width=width * 0.9, bottom=cal.correct, color=FAIL_COLOUR, label="wrong")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{candidate.name} (ECE {format_value('ece', cal.ece)})", fontsize=9)
+        ax.set_xlabel("confidence in its label")
+    axes[0].set_ylabel("answers")
+    axes[0].legend(fontsize=8)
     return fig
 
 

@@ -32,6 +32,9 @@ OPERATIONAL = {
     "cost_per_1k": "USD per 1k requests",
 }
 MAX_TEXT_CHARS = 2000
+CALIBRATION_NOTE = ("How far each candidate's confidence in its label (the probability it gave the label it wrote) "
+                    "is from how often it is right: expected calibration error over 10 equal-width confidence "
+                    "bins, 0 when confidence matches accuracy in every bin (lower is better).")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,29 @@ class Row:
     chosen: bool
     cells: list[Cell]
     passed_all: bool
+
+
+@dataclass(frozen=True)
+class StructuredRow:
+    """One candidate's validity rate under its constraint and without it (formatted)."""
+
+    name: str
+    constraint: str
+    constrained: str
+    unconstrained: str
+    rows: str
+    seconds: str
+    note: str | None
+
+
+@dataclass(frozen=True)
+class CalibrationRow:
+    name: str
+    ece: str
+    confidence: str  # mean confidence in the label written
+    accuracy: str  # of the same answers
+    rows: str
+    missing: str  # answers that state no label
 
 
 @dataclass(frozen=True)
@@ -79,6 +105,10 @@ class ReportView:
     provenance: list[tuple[str, str]]
     rounds: list[tuple[str, str, list[str]]]  # (round, run, formatted metrics) on this test set
     round_metrics: list[str]  # the rounds table's metric columns
+    constraint: str = ""  # what eval.constrained decided, when it constrained the candidates
+    structured_metric: str = ""  # json_valid or label_valid
+    structured: list[StructuredRow] = field(default_factory=list)
+    calibration: list[CalibrationRow] = field(default_factory=list)
     # Raw material for the plots.
     plot_metrics: list[str] = field(default_factory=list)
     gates: list[Gate] = field(default_factory=list)
@@ -111,6 +141,10 @@ def build_view(result: EvalResult) -> ReportView:
         rounds=[(str(r.round), r.run, [format_value(m, r.metrics.get(m)) for m in result.metrics])
                 for r in result.rounds],
         round_metrics=list(result.metrics),
+        constraint=_constraint_text(result),
+        structured_metric=next((c.structured.metric for c in result.ran if c.structured and c.structured.metric), ""),
+        structured=[_structured(c) for c in result.ran if c.structured],
+        calibration=[_calibration(c) for c in result.ran if c.calibration],
         plot_metrics=[m for m in metrics if m in result.metrics or m in gated],
         gates=result.gates,
         candidates=result.ran,
@@ -192,6 +226,42 @@ def clip(text: str) -> str:
     return text[:MAX_TEXT_CHARS] + f"… [{len(text) - MAX_TEXT_CHARS} more chars]"
 
 
+def structured_headers(view: ReportView) -> list[str]:
+    metric = view.structured_metric or "validity"
+    return ["candidate", "decoded under", f"{metric} with the constraint", f"{metric} without it", "rows",
+            "time without it (s)"]
+
+
+def _constrained(result: EvalResult) -> bool:
+    return bool(result.constraint and result.constraint.kind)
+
+
+def _constraint_text(result: EvalResult) -> str:
+    if not _constrained(result):
+        return ""
+    setting = result.constraint
+    rows = len(setting.unconstrained_rows)
+    text = (f"With eval.constrained: {setting.mode}, the candidates were decoded under one {setting.description}, "
+            f"{setting.source}: every answer has the task's format by construction.")
+    if rows:
+        text += (f" Beside each rate under the constraint is the same rate without it, on the same {rows} test rows "
+                 "(seeded, the same for every candidate): what the model writes on its own.")
+    return text
+
+
+def _structured(candidate: CandidateResult) -> StructuredRow:
+    out = candidate.structured
+    seconds = "–" if out.seconds is None else f"{out.seconds:,.1f}"
+    return StructuredRow(candidate.name, out.constraint or "none", format_value("", out.constrained),
+                         format_value("", out.unconstrained), format_value("", out.rows), seconds, out.note)
+
+
+def _calibration(candidate: CandidateResult) -> CalibrationRow:
+    cal = candidate.calibration
+    return CalibrationRow(candidate.name, format_value("ece", cal.ece), format_value("", cal.confidence_mean),
+                          format_value("", cal.accuracy), format_value("", cal.rows), format_value("", cal.missing))
+
+
 def _provenance(result: EvalResult) -> list[tuple[str, str]]:
     latency = result.latency
     rows = [
@@ -201,7 +271,16 @@ def _provenance(result: EvalResult) -> list[tuple[str, str]]:
         ("previous test split sha256", result.previous_test_sha256),
         ("generation", f"{result.dtype}, greedy, at most {result.max_new_tokens} new tokens"),
         ("latency", f"{latency.samples} requests per candidate, {latency.concurrency} in flight, {latency.how}"),
+        ("output constraint", _constraint_provenance(result)),
         ("tunekit version", result.tunekit_version),
         ("created", result.created),
     ]
     return [(label, value) for label, value in rows if value]
+
+
+def _constraint_provenance(result: EvalResult) -> str | None:
+    setting = result.constraint
+    if setting is None:
+        return None
+    what = setting.description or "none"
+    return f"eval.constrained {setting.mode}: {what} ({setting.source})"
