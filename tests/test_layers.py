@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("models", "methods"),  # loading models; fine-tuning methods
     ("generate",),  # the batched generation engine
     ("rag", "guard"),  # retrieval; guardrails
-    ("train", "eval"),  # training; judging
+    ("train", "eval", "export"),  # training; judging; GGUF export
     ("report", "monitor"),  # reports and model cards; drift and failure monitoring
     ("serve",),  # the OpenAI-compatible server
     ("cli",),  # one module per command

@@ -11,6 +11,7 @@
       data/              `tunekit data prepare`: the splits, splits.json, data_report.{md,json}, token_lengths.png,
                          config.yaml
       eval/              `tunekit eval`: eval.json, predictions/<candidate>.jsonl, report.{md,html}, plots/
+      export/            `tunekit export`: gguf-<quant>/: the .gguf, a LoRA .gguf, Modelfile, export_report.{json,md}
       model_card.md      `tunekit risk`
 
 No other module spells these names: they ask a RunFolder for the path.
@@ -135,6 +136,10 @@ class RunFolder(_Folder):
     def eval(self) -> EvalFolder:
         """The default eval folder, RUN/eval (`eval.out_dir` may put it elsewhere)."""
         return EvalFolder(self.root / "eval")
+
+    def export_dir(self, fmt: str, quant: str) -> Path:
+        """Where `tunekit export` writes one format and type by default, e.g. RUN/export/gguf-q8_0."""
+        return self.root / "export" / f"{fmt}-{quant}"
 
     @property
     def model_card_path(self) -> Path:

@@ -13,6 +13,7 @@ import typer
 
 from tunekit.cli import chat, data, init, iterate, merge, models, train
 from tunekit.cli.eval import eval_command
+from tunekit.cli.export import export as export_command
 from tunekit.cli.index import index as index_command
 from tunekit.cli.monitor import app as monitor_app
 from tunekit.cli.risk import risk
@@ -34,6 +35,7 @@ app.add_typer(monitor_app, name="monitor")
 app.command("init")(init.init)
 app.command("train")(train.train)
 app.command("merge")(merge.merge)
+app.command("export")(export_command)
 app.command("chat")(chat.chat)
 app.command("eval")(eval_command)
 app.command("iterate")(iterate.iterate)

@@ -15,7 +15,7 @@ import torch
 
 from tunekit.errors import UserError
 from tunekit.io import atomic_dir
-from tunekit.models.runs import load_run, validation_prompts
+from tunekit.models.runs import LoadedRun, load_run, validation_prompts
 from tunekit.runfolder import RunFolder
 
 CHECK_PROMPTS = 4
@@ -39,7 +39,7 @@ def merge_run(run_dir: Path) -> MergeResult:
                         fix="use RUN/model directly")
     prompts = validation_prompts(run_dir, CHECK_PROMPTS) or [[{"role": "user", "content": "Hello!"}]]
     expected = greedy(run.model, run.tokenizer, prompts)
-    merged = run.model.merge_and_unload()
+    merged = fold_adapter(run)
     target = RunFolder(run_dir).merged_dir
     with atomic_dir(target, replace=True) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
@@ -49,6 +49,18 @@ def merge_run(run_dir: Path) -> MergeResult:
     got = greedy(reloaded, run.tokenizer, prompts)
     mismatches = [{"expected": e, "got": g} for e, g in zip(expected, got) if e != g]
     return MergeResult(target, len(prompts), len(prompts) - len(mismatches), mismatches)
+
+
+def fold_adapter(run: LoadedRun) -> Any:
+    """The run as one plain transformers model: the adapter folded into the base weights (in place, so `run.model`
+    is spent), or the full weights as they are."""
+    if run.kind != "adapter":
+        return run.model
+    if not hasattr(run.model, "merge_and_unload"):  # prefix/prompt tuning: virtual tokens, no weight update
+        method = run.cfg.method.name
+        raise UserError(f"a {method} adapter adds virtual tokens, not weight updates: it cannot be folded into the "
+                        "model's weights", where=str(run.run_dir), fix="use lora, dora, ia3 or a full fine-tune")
+    return run.model.merge_and_unload()
 
 
 @torch.no_grad()
