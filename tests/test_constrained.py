@@ -126,6 +126,7 @@ def test_what_cannot_be_enforced_is_a_user_error_naming_it(gen: Generator) -> No
         (Constraint.regex(r"(a)\1"), "backreferences"),
         (Constraint.choice([]), "label"),
         (Constraint.json_schema({"enum": ["x" * 70_000]}), "limit"),
+        (Constraint.json_schema({"type": "integer", "maximum": 2**70}), "cannot be enforced"),
     ]
     for constraint, named in cases:
         with pytest.raises(UserError, match=named) as caught:

@@ -34,6 +34,7 @@ from tunekit.errors import UserError
 from tunekit.monitor.logdb import key_id_for
 from tunekit.secrets import ApiKeys
 from tunekit.serve.auth import authenticate, check_bind_is_safe
+from tunekit.serve.embeddings import EMBEDDING_MODEL_ID
 from tunekit.serve.errors import ApiError
 from tunekit.serve.limits import AdmissionGate, RateLimits
 from tunekit.serve.loading import load_served, parse_adapter_specs
@@ -74,7 +75,7 @@ def guarded(project):
 
 
 def test_models_lists_both_adapters_with_their_base(server):
-    models = client(server).models.list().data
+    models = [m for m in client(server).models.list().data if m.id != EMBEDDING_MODEL_ID]  # listed when installed
     assert [m.id for m in models] == ["alpha", "beta"]
     assert {m.model_extra["root"] for m in models} == {str(server.state.served.base_name)}
     assert client(server).models.retrieve("beta").id == "beta"
@@ -184,9 +185,10 @@ def test_max_tokens_above_the_limit_is_400(server):
     with pytest.raises(openai.BadRequestError) as caught:
         chat(server, max_tokens=17)
     assert caught.value.body["param"] == "max_tokens" and "16" in caught.value.body["message"]
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.BadRequestError) as caught:  # n is limited too (serve.max_n, default 8)
         client(server).chat.completions.create(model="alpha", messages=[{"role": "user", "content": "hi"}],
-                                               max_tokens=2, n=2)
+                                               max_tokens=2, n=9)
+    assert caught.value.body["param"] == "n"
 
 
 def test_rate_limit_per_key_is_429(server):

@@ -22,6 +22,7 @@ import torch
 from serve_helpers import KEY, PROMPT, assert_openai_error, chat, client, post, start
 from tunekit.errors import ConfigError
 from tunekit.generate import GenerationParams, Generator
+from tunekit.serve.embeddings import EMBEDDING_MODEL_ID
 from tunekit.serve.server import serve_in_thread
 from tunekit.serve.state import build_state
 
@@ -88,7 +89,8 @@ def models(server, key: str, forwarded_for: str) -> httpx.Response:
 
 
 def served_ids(server) -> list[str]:
-    return [m.id for m in client(server).models.list().data]
+    """The generating models /v1/models lists (the embedding model, listed when installed, is none of them)."""
+    return [m.id for m in client(server).models.list().data if m.id != EMBEDDING_MODEL_ID]
 
 
 # --- loading and unloading --------------------------------------------------------------------------------

@@ -56,7 +56,11 @@ class Constraints:
     def compile(self, constraint: Constraint) -> Any:
         """A fresh llguidance LLMatcher for one row, or a UserError saying what cannot be enforced."""
         llguidance = _llguidance()
-        grammar = _grammar(llguidance, constraint)
+        try:
+            grammar = _grammar(llguidance, constraint)
+        except (ValueError, TypeError) as exc:  # e.g. an integer past 64 bits in a schema: the client's input
+            raise UserError(f"the {constraint.describe()} cannot be enforced: {exc}", where="constraint",
+                            fix=_FIXES[constraint.kind]) from exc
         matcher = llguidance.LLMatcher(self._ll_tokenizer(), grammar, log_level=0)
         if matcher.is_error():
             raise UserError(f"the {constraint.describe()} cannot be enforced: {matcher.get_error()}",

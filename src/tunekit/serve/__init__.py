@@ -10,7 +10,9 @@
 
 One concern per module: `loading` (base model + adapters, refused when base or template differ),
 `backend` (the batched Generator), `preflight` (answers as `tunekit eval` recorded), `jobs` (request ->
-checked job), `pipeline` (guardrails, grounding, generation), `responses` (OpenAI shapes, SSE), `app`
+checked job), `structured` (response_format -> decoding constraint), `pipeline` (guardrails, grounding,
+generation, n choices), `responses` (OpenAI shapes, SSE), `logprobs`, `embeddings` (/v1/embeddings), `app`
 (routes), `middleware` (keys, rate limits, metrics, error log), `auth`, `limits`, `metrics`, `errors`,
-`schemas`, `state` (everything one server holds) and `server` (uvicorn, foreground or in a thread).
+`schemas` (request bodies), `replies` (response bodies), `state` (everything one server holds) and `server`
+(uvicorn, foreground or in a thread).
 """

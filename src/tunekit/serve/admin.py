@@ -24,7 +24,8 @@ from tunekit.errors import UserError
 from tunekit.serve.errors import ApiError
 from tunekit.serve.loading import adapter_to_add
 from tunekit.serve.preflight import PreflightResult, eval_settings, run_preflight
-from tunekit.serve.schemas import AdapterChange, ErrorBody, LoadLoraAdapterRequest, UnloadLoraAdapterRequest
+from tunekit.serve.replies import AdapterChange, ErrorBody
+from tunekit.serve.schemas import LoadLoraAdapterRequest, UnloadLoraAdapterRequest
 from tunekit.serve.state import ServerState, run_labeler
 
 log = logging.getLogger("tunekit.serve")

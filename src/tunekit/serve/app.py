@@ -1,9 +1,10 @@
-"""The HTTP API: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus /health and /metrics, and
-vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter behind admin keys (admin.py).
+"""The HTTP API: OpenAI's /v1/chat/completions, /v1/completions, /v1/embeddings (embeddings.py) and /v1/models,
+plus /health and /metrics, and vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter behind admin keys
+(admin.py).
 
 Routes only translate: a request becomes a checked Job (jobs.py), the Pipeline answers it in a worker
 thread (pipeline.py), and the answer becomes OpenAI's response shape, whole or as server-sent events
-(streaming.py). Every answered request is logged (PII redacted) and counted.
+(responses.py). Every answered request is logged (PII redacted) and counted.
 """
 
 from __future__ import annotations
@@ -22,18 +23,10 @@ except ImportError as exc:  # the serve extra is optional; everything else in tu
     raise MissingDependency.of("fastapi", "serving", exc) from exc
 
 from tunekit.serve.admission import run_in_slot, take_slot
-from tunekit.serve.errors import ApiError, install_error_handlers, timed_out
+from tunekit.serve.errors import ApiError, install_error_handlers, model_not_found, timed_out
 from tunekit.serve.jobs import Job, chat_job, completion_job
-from tunekit.serve.schemas import (
-    ChatCompletion,
-    ChatCompletionRequest,
-    Completion,
-    CompletionRequest,
-    ErrorBody,
-    Health,
-    ModelCard,
-    ModelList,
-)
+from tunekit.serve.replies import ChatCompletion, Completion, EmbeddingList, ErrorBody, Health, ModelCard, ModelList
+from tunekit.serve.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
@@ -51,6 +44,7 @@ STREAM_RESPONSE = {"description": "with stream=true: server-sent events, one chu
 def create_app(state: Any) -> FastAPI:
     from tunekit import __version__
     from tunekit.serve.admin import install_admin_routes
+    from tunekit.serve.embeddings import embed
     from tunekit.serve.middleware import ApiMiddleware
 
     app = FastAPI(title="tunekit", version=__version__,
@@ -62,7 +56,7 @@ def create_app(state: Any) -> FastAPI:
     bearer = [Security(HTTPBearer(auto_error=False))]
     chat_responses = {**ERROR_RESPONSES, 200: STREAM_RESPONSE}
 
-    app.openapi = lambda: _openapi_with_limits(app, state.serve.max_tokens_limit)
+    app.openapi = lambda: _openapi_with_limits(app, state.serve)
 
     @app.get("/health", response_model=Health, response_model_exclude_none=True, responses=ERROR_RESPONSES)
     async def health(request: Request) -> Health:
@@ -79,8 +73,10 @@ def create_app(state: Any) -> FastAPI:
 
     @app.get("/v1/models/{model}", response_model=ModelCard, responses=ERROR_RESPONSES, dependencies=bearer)
     async def retrieve_model(model: str) -> ModelCard:
-        state.served.adapter_for(model)  # 404 when unknown
-        return next(card for card in state.model_cards() if card.id == model)
+        cards = {card.id: card for card in state.model_cards()}
+        if model not in cards:
+            raise model_not_found(model, list(cards))
+        return cards[model]
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=chat_responses, dependencies=bearer)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
@@ -90,11 +86,16 @@ def create_app(state: Any) -> FastAPI:
     async def completions(body: CompletionRequest, request: Request) -> Any:
         return await _answer(state, request, body, lambda: completion_job(body, state.serve, state.served.adapter_for))
 
+    @app.post("/v1/embeddings", response_model=EmbeddingList, responses=ERROR_RESPONSES, dependencies=bearer)
+    async def embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingList:
+        return await embed(state, request, body)
+
     install_admin_routes(app, state)
     return app
 
 
 async def _answer(state: Any, request: Request, body: Any, make_job: Any) -> Any:
+    from tunekit.serve.pipeline import merged
     from tunekit.serve.responses import respond, stream_response
 
     started = time.perf_counter()
@@ -107,7 +108,7 @@ async def _answer(state: Any, request: Request, body: Any, make_job: Any) -> Any
         if job.stream:
             return await stream_response(state, request, job, started)
         slot = await take_slot(state.gate, job.deadline)
-        answer = await run_in_slot(slot, state.workers, job.deadline, _prepare_and_complete, state, job)
+        answers = await run_in_slot(slot, state.workers, job.deadline, _prepare_and_complete, state, job)
     except asyncio.TimeoutError:
         error = timed_out(state.serve.timeout_s)
         _log_refusal(state, request, body, job, error, started)
@@ -115,12 +116,13 @@ async def _answer(state: Any, request: Request, body: Any, make_job: Any) -> Any
     except ApiError as error:
         _log_refusal(state, request, body, job, error, started)
         raise
-    state.log_answer(getattr(request.state, "key_id", None), job, answer, (time.perf_counter() - started) * 1000)
+    state.log_answer(getattr(request.state, "key_id", None), job, merged(answers),
+                     (time.perf_counter() - started) * 1000)
     request.state.logged = True
-    return respond(job, answer, latency_ms=(time.perf_counter() - started) * 1000)
+    return respond(job, answers, latency_ms=(time.perf_counter() - started) * 1000)
 
 
-def _prepare_and_complete(state: Any, job: Job) -> Any:
+def _prepare_and_complete(state: Any, job: Job) -> list[Any]:
     return state.pipeline.complete(state.pipeline.prepare(job))
 
 
@@ -140,17 +142,19 @@ def _body_messages(body: Any) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
 
-def _openapi_with_limits(app: FastAPI, max_tokens_limit: int) -> dict[str, Any]:
-    """The OpenAPI document with this server's configured token limit in it, so clients can read it."""
+def _openapi_with_limits(app: FastAPI, serve: Any) -> dict[str, Any]:
+    """The OpenAPI document with this server's configured limits in it (max_tokens, n), so clients can read it."""
     from fastapi.openapi.utils import get_openapi
 
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        limits = {"max_tokens": serve.max_tokens_limit, "max_completion_tokens": serve.max_tokens_limit,
+                  "n": serve.max_n}
         for name in ("ChatCompletionRequest", "CompletionRequest"):
             fields = schema["components"]["schemas"][name]["properties"]
-            for field in ("max_tokens", "max_completion_tokens"):
+            for field, limit in limits.items():
                 for option in fields.get(field, {}).get("anyOf", []):
                     if option.get("type") == "integer":
-                        option["maximum"] = max_tokens_limit
+                        option["maximum"] = limit
         app.openapi_schema = schema
     return app.openapi_schema

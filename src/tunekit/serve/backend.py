@@ -2,8 +2,8 @@
 BatchScheduler, so concurrent requests decode together in one batch (continuous batching) instead of
 taking turns.
 
-Generation errors that come from the request (an empty or too long prompt) are the client's: they become
-400s here, so they never surface as 500s.
+Generation errors that come from the request (an empty or too long prompt, a schema the constrained decoder
+cannot enforce) are the client's: they become 400s here, so they never surface as 500s.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from tunekit.errors import UserError
+from tunekit.errors import MissingDependency, UserError
 from tunekit.serve.errors import ApiError, model_not_found, timed_out
+from tunekit.serve.structured import unsupported
 
 
 class Backend:
@@ -43,14 +44,33 @@ class Backend:
 
     def generate(self, prompt: str, params: Any, adapter: str | None, *, deadline: float | None = None) -> Any:
         """One answer, decoded in the scheduler's batch; a 504 once `deadline` (time.perf_counter()) passes."""
+        return self.generate_many(prompt, [params], adapter, deadline=deadline)[0]
+
+    def generate_many(self, prompt: str, params: list[Any], adapter: str | None, *,
+                      deadline: float | None = None) -> list[Any]:
+        """One answer to `prompt` per entry of `params` (a request's n choices), decoded side by side in the
+        batch; a 504 once `deadline` passes, and then none of them decodes any further."""
         if deadline is not None and time.perf_counter() >= deadline:
             raise timed_out()  # never queue work whose client has already been told it timed out
-        submission = self._submit(prompt, params, adapter, stream=False)
+        submissions = []
         try:
-            return submission.result(None if deadline is None else max(0.0, deadline - time.perf_counter()))
+            for choice in params:  # appended one by one: a refused second one must not leave the first running
+                submissions.append(self._submit(prompt, choice, adapter, stream=False))
+            return [s.result(None if deadline is None else max(0.0, deadline - time.perf_counter()))
+                    for s in submissions]
         except FutureTimeout:
-            submission.cancel()  # the row leaves the batch at the next step: no decoding for nobody
             raise timed_out() from None
+        finally:
+            for submission in submissions:
+                submission.cancel()  # a no-op for finished ones; the others leave the batch at the next step
+
+    def check(self, prompt: str, params: Any, adapter: str | None) -> None:
+        """Raise the 400 that submitting would (a constraint that cannot be enforced...), without queueing: a
+        stream checks first, so that its refusals are HTTP errors rather than errors inside a 200 stream."""
+        try:
+            self.generator.request(prompt, params, self.generator.resolve_adapter(adapter))
+        except UserError as exc:
+            raise self._client_error(exc, adapter) from exc
 
     def generate_batch(self, prompts: list[str], params: Any, adapter: str | None) -> list[Any]:
         submissions = [self._submit(p, params, adapter, stream=False) for p in prompts]
@@ -77,9 +97,14 @@ class Backend:
         try:
             return self.scheduler.submit(prompt, params, adapter, stream=stream)
         except UserError as exc:
-            if exc.where == "adapter":  # unloaded after the request's model was looked up (admin.py)
-                raise model_not_found(adapter or "", list(getattr(self.generator.model, "peft_config", {}))) from exc
-            raise ApiError(400, exc.render()) from exc
+            raise self._client_error(exc, adapter) from exc
+
+    def _client_error(self, exc: UserError, adapter: str | None) -> ApiError:
+        if exc.where == "adapter":  # unloaded after the request's model was looked up (admin.py)
+            return model_not_found(adapter or "", list(getattr(self.generator.model, "peft_config", {})))
+        if exc.where == "constraint" or isinstance(exc, MissingDependency):  # the only optional part: llguidance
+            return unsupported(exc, None)  # the pipeline names the field that asked for it
+        return ApiError(400, exc.render())
 
 
 def control_tokens(tokenizer: Any) -> tuple[str, ...]:

@@ -92,18 +92,48 @@ def install_error_handlers(app: Any) -> None:
 
 
 def from_validation(errors: Any) -> ApiError:
-    """A 400 naming the first invalid field, as OpenAI does (FastAPI's default would be a 422 list)."""
+    """A 400 naming the most telling invalid field, as OpenAI does (FastAPI's default would be a 422 list).
+
+    A field the server does not take, or a value it would have to ignore, is named as such; otherwise the
+    error pydantic found, with the union members it tried left out of the field's path."""
     errors = list(errors)
     if not errors:
         return ApiError(400, "Invalid request.")
-    first = errors[0]
-    if first.get("type") == "json_invalid":
+    first = _most_telling(errors)
+    kind = first.get("type")
+    if kind == "json_invalid":
         return ApiError(400, JSON_HINT, code="invalid_json")
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and "[" not in str(p)]
     param = ".".join(loc) or None
-    message = str(first.get("msg", "invalid value"))
-    if param is None and first.get("type") in ("model_attributes_type", "dict_type"):
+    if kind == "extra_forbidden" and param:
+        return ApiError(400, f"{param} is not supported by this server: remove it (/docs lists the fields each "
+                             "endpoint takes).", param=param, code="unsupported_parameter")
+    if kind == "unsupported_value" and param:
+        return ApiError(400, f"{param}={_shown(first.get('input'))} {first.get('msg')}.", param=param,
+                        code="unsupported_value")
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if param is None and kind in ("model_attributes_type", "dict_type", "model_type"):
         message = "The request body must be a JSON object."
-    if param is None and first.get("type") == "missing":
+    if param is None and kind == "missing":
         message = "The request has no body: send a JSON object."
     return ApiError(400, f"{param}: {message}" if param else message, param=param)
+
+
+def _most_telling(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """An unsupported field or value first; then an error about a value rather than its type: for a union
+    (text or a list of parts) pydantic reports each member, and "should be a valid string" about a list that
+    holds a bad part hides the part's own error."""
+    unsupported = [e for e in errors if e.get("type") in ("extra_forbidden", "unsupported_value")]
+    about_values = [e for e in errors if not str(e.get("type", "")).endswith("_type")]
+    return (unsupported or about_values or errors)[0]
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A client's value, as JSON and cut short: it goes into the error message."""
+    import json
+
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

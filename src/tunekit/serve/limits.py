@@ -55,14 +55,20 @@ class RateLimits:
         """Charge `key` for `job` before it is generated; a 429 when that exceeds its tokens this minute.
 
         Charged: the completion tokens the job may generate (max_tokens, or the server's limit when the
-        request set none) plus its input text estimated at CHARS_PER_TOKEN characters a token, since the
-        tokenizer runs later, in a worker thread. Nothing is refunded when the answer is shorter, and the
-        chat template and retrieved sources are not charged. A job larger than the whole budget is charged
-        the whole budget: it waits for a fresh minute rather than being refused forever."""
-        cost = min(self.tokens.amount, job.max_tokens + estimated_input_tokens(job))
+        request set none, times its n choices) plus its input text estimated at CHARS_PER_TOKEN characters a
+        token, since the tokenizer runs later, in a worker thread. Nothing is refunded when the answer is
+        shorter, and the chat template and retrieved sources are not charged."""
+        self.charge(key, job.max_tokens * job.n + estimated_input_tokens(job),
+                    "max_tokens times n plus the prompt's estimate")
+
+    def charge(self, key: str, cost: int, what: str) -> None:
+        """Charge `key` `cost` tokens (`what` says how they were counted, in the 429's message). A charge larger
+        than the whole budget is charged the whole budget: it waits for a fresh minute rather than being
+        refused forever."""
+        cost = min(self.tokens.amount, cost)
         if not self._fixed.test(self.tokens, key, cost=cost):  # test first: a refused charge must not count
             raise self._refusal(self._fixed, self.tokens, key, f"Rate limit reached: {self.tokens.amount} tokens "
-                                f"per minute (this request is charged {cost}: max_tokens plus the prompt's estimate)")
+                                f"per minute (this request is charged {cost}: {what})")
         self._fixed.hit(self.tokens, key, cost=cost)
 
     def refuse_if_locked_out(self, client: str) -> None:

@@ -21,8 +21,8 @@ from tunekit.serve.errors import ERROR_CODES, ERROR_TYPES, ApiError
 
 GENERATION_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 ADMIN_ENDPOINTS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
-KNOWN_ENDPOINTS = (*GENERATION_ENDPOINTS, *ADMIN_ENDPOINTS, "/v1/models", "/health", "/metrics", "/openapi.json",
-                   "/docs")
+KNOWN_ENDPOINTS = (*GENERATION_ENDPOINTS, *ADMIN_ENDPOINTS, "/v1/embeddings", "/v1/models", "/health", "/metrics",
+                   "/openapi.json", "/docs")
 
 
 class ApiMiddleware:
@@ -153,7 +153,7 @@ class ApiMiddleware:
             error = request_state.get("error_code") or ERROR_CODES.get(status) or ERROR_TYPES.get(status, "error")
         model = request_state.get("model", "")
         # Label values must come from a fixed set: a client inventing model names must not grow /metrics.
-        label = model if not model or model in self.state.served.names else "unknown"
+        label = model if not model or self.state.knows_model(model) else "unknown"
         self.state.metrics.record(endpoint=endpoint, model=label, status=status,
                                   latency_s=latency, error_type=error)
         if status >= 400 and path in GENERATION_ENDPOINTS and not request_state.get("logged") \

@@ -1,20 +1,26 @@
-"""One request from checked job to answer: input guardrails, grounding, generation, output guardrails.
+"""One request from checked job to answers: input guardrails, grounding, generation, output guardrails.
 
 Runs in a request thread (it waits on the batch), so the event loop stays free to accept and refuse requests.
 A guardrail block is not an HTTP error: the answer is the configured fallback with finish_reason
 "content_filter", which is what OpenAI itself returns when its filter withholds content, so OpenAI-client
-code already handles it. Grounded chat answers carry the sources they cite.
+code already handles it. Grounded chat answers carry the sources they cite. A request for n choices is
+prepared once and its n answers decode side by side in the batch, each checked on its own.
+
+With a `json_schema` output guardrail, answers are decoded under that schema (unless the client asked for
+another constraint), so they match it by construction; the guardrail still validates, and retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunekit.serve.errors import ApiError, timed_out
 from tunekit.serve.jobs import Job
+from tunekit.serve.structured import UNSUPPORTED, guard_constraint
 
 CONTENT_FILTER = "content_filter"
 
@@ -43,6 +49,14 @@ class Answer:
     grounded: bool = False
     citation_check: dict[str, Any] | None = None  # rag.cite.CitationCheck.to_dict() for grounded answers
     sources: list[dict[str, Any]] = field(default_factory=list)  # every retrieved source the model was given
+    logprobs: list[Any] | None = None  # tunekit.generate TokenLogprobs of `text`, when asked for
+    constraint: str | None = None  # what decoding was constrained to (Constraint.describe())
+
+    @classmethod
+    def of(cls, generation: Any, prepared: Prepared, grounded: bool) -> Answer:
+        return cls(generation.text, generation.finish_reason, prepared.prompt_tokens, generation.completion_tokens,
+                   events=list(prepared.events), grounded=grounded, logprobs=generation.logprobs,
+                   constraint=generation.constraint)
 
     @property
     def schema_failed(self) -> bool:
@@ -60,6 +74,20 @@ class Pipeline:
         self.retriever = retriever
         self.grounding = grounding or Grounding("inline")
         self.max_input_tokens = max_input_tokens
+        self.guard_constraint = guard_constraint(self.guard)  # guard.json_schema, enforced while decoding
+
+    def check_guard_constraint(self, say: Callable[[str], None]) -> None:
+        """At start: keep guard.json_schema as a decoding constraint only if the engine can enforce it; else say
+        why, and answers are validated (and retried) only, as without constrained decoding."""
+        if self.guard_constraint is None:
+            return
+        from tunekit.generate import GenerationParams
+
+        try:
+            self.backend.check("{", GenerationParams(max_new_tokens=1, constraint=self.guard_constraint), None)
+        except ApiError as error:
+            say(f"warning: guard.json_schema is validated but not enforced while decoding: {error.message}")
+            self.guard_constraint = None
 
     @property
     def checks_output(self) -> bool:
@@ -98,7 +126,26 @@ class Pipeline:
         prompt = self._render(job, turns)
         tokens = self.backend.count_tokens(prompt)
         self._check_context(tokens, job.max_tokens)
+        if job.stream and job.constraint is not None:  # refused now, while the refusal can still be a 400
+            with self._naming_constraint(job):
+                self.backend.check(prompt, self._params(job), job.adapter)
         return Prepared(job, prompt, tokens, turns if job.messages is not None else None, retrieved, events)
+
+    def _params(self, job: Job, choice: int = 0) -> Any:
+        params = job.params(choice)
+        if self.guard_constraint is not None and (params.constraint is None or params.constraint.kind == "json_object"):
+            params.constraint = self.guard_constraint  # the operator's schema is a JSON object, and more precise
+        return params
+
+    @contextlib.contextmanager
+    def _naming_constraint(self, job: Job) -> Iterator[None]:
+        """A constraint the engine cannot enforce is a 400 naming the field that asked for it."""
+        try:
+            yield
+        except ApiError as error:
+            if error.code == UNSUPPORTED:
+                error.param = job.constraint_param or "response_format"
+            raise
 
     def _screened(self, retrieved: list[Any], events: list[dict[str, Any]]) -> list[Any]:
         """Retrieved sources without those that hold chat-template control tokens or (with the injection
@@ -120,46 +167,53 @@ class Pipeline:
                                      f"retrieved source {item.path} dropped: {why}").to_dict())
         return kept
 
-    def complete(self, prepared: Prepared) -> Answer:
-        if prepared.blocked:
-            return self._blocked(prepared)
+    def complete(self, prepared: Prepared) -> list[Answer]:
+        """The job's n answers (one unless it asked for more), in choice order."""
         job = prepared.job
-        generation = self.backend.generate(prepared.prompt, job.params(), job.adapter, deadline=job.deadline)
-        answer = Answer(generation.text, generation.finish_reason, prepared.prompt_tokens,
-                        generation.completion_tokens, events=list(prepared.events),
-                        grounded=self._grounded(prepared))
-        if self.guard is not None:
-            self._check_output(prepared, answer)
-        self._cite(prepared, answer)
-        return answer
+        if prepared.blocked:
+            return [self._blocked(prepared) for _ in range(job.n)]
+        params = [self._params(job, choice) for choice in range(job.n)]
+        with self._naming_constraint(job):
+            generations = self.backend.generate_many(prepared.prompt, params, job.adapter, deadline=job.deadline)
+        answers = []
+        for generation, choice_params in zip(generations, params):
+            answer = Answer.of(generation, prepared, self._grounded(prepared))
+            if self.guard is not None:
+                self._check_output(prepared, answer, choice_params)
+            self._cite(prepared, answer)
+            answers.append(answer)
+        return answers
 
-    def stream(self, prepared: Prepared, emit: Callable[[str], None],
-               submitted: Callable[[Any], None] | None = None) -> Answer:
-        """Send the answer piece by piece through `emit`, then return it whole.
+    def stream(self, prepared: Prepared, emit: Callable[[int, str], None],
+               submitted: Callable[[Any], None] | None = None) -> list[Answer]:
+        """Send each choice's answer piece by piece through `emit(choice, piece)`, then return them whole.
 
-        With output guardrails on, the answer is checked complete and sent at once: nothing unchecked
+        With output guardrails on, the answers are checked complete and sent at once: nothing unchecked
         ever reaches the client. `emit` may raise to stop (client gone, deadline passed); `submitted`
-        receives the scheduler submission, so the caller can cancel it from another thread.
+        receives each scheduler submission, so the caller can cancel them from another thread.
         """
+        job = prepared.job
         if prepared.blocked or self.checks_output:
-            answer = self.complete(prepared)
-            emit(answer.text)
-            return answer
-        submission = self.backend.stream(prepared.prompt, prepared.job.params(), prepared.job.adapter)
-        if submitted is not None:
-            submitted(submission)
+            answers = self.complete(prepared)
+            for choice, answer in enumerate(answers):
+                emit(choice, answer.text)
+            return answers
+        submissions: list[Any] = []
         try:
-            for piece in submission:
-                emit(piece)
+            with self._naming_constraint(job):
+                for choice in range(job.n):
+                    submissions.append(self.backend.stream(prepared.prompt, self._params(job, choice), job.adapter))
+                    if submitted is not None:
+                        submitted(submissions[-1])
+            _relay(submissions, emit)
         except BaseException:
-            submission.cancel()  # the client is gone or out of time: the row leaves the batch
+            for submission in submissions:
+                submission.cancel()  # the client is gone or out of time: the rows leave the batch
             raise
-        generation = submission.result()
-        answer = Answer(generation.text, generation.finish_reason, prepared.prompt_tokens,
-                        generation.completion_tokens, events=list(prepared.events),
-                        grounded=self._grounded(prepared))
-        self._cite(prepared, answer)
-        return answer
+        answers = [Answer.of(s.result(), prepared, self._grounded(prepared)) for s in submissions]
+        for answer in answers:
+            self._cite(prepared, answer)
+        return answers
 
     def _render(self, job: Job, turns: list[dict[str, str]]) -> str:
         if job.messages is None:
@@ -177,16 +231,16 @@ class Pipeline:
         return Answer(self.guard.fallback, CONTENT_FILTER, prepared.prompt_tokens, 0, events=list(prepared.events),
                       blocked=True)
 
-    def _check_output(self, prepared: Prepared, answer: Answer) -> None:
+    def _check_output(self, prepared: Prepared, answer: Answer, params: Any) -> None:
         job = prepared.job
 
         def regenerate(feedback: str) -> str:
             # JSON schema retry: show the model its answer and what was wrong with it (chat only).
             turns = [*(prepared.messages or []), {"role": "assistant", "content": answer.text},
                      {"role": "user", "content": feedback}]
-            again = self.backend.generate(self.backend.render(turns), job.params(), job.adapter, deadline=job.deadline)
+            again = self.backend.generate(self.backend.render(turns), params, job.adapter, deadline=job.deadline)
             answer.completion_tokens += again.completion_tokens
-            answer.text, answer.finish_reason = again.text, again.finish_reason
+            answer.text, answer.finish_reason, answer.logprobs = again.text, again.finish_reason, again.logprobs
             return again.text
 
         decision = self.guard.check_output(
@@ -198,6 +252,7 @@ class Pipeline:
         if not decision.ok:
             answer.finish_reason = CONTENT_FILTER
             answer.blocked = True
+            answer.logprobs = None  # they were the withheld answer's
 
     def _grounded(self, prepared: Prepared) -> bool:
         """Chat requests are grounded when the server has a retriever; plain completions never are."""
@@ -226,6 +281,20 @@ class Pipeline:
             answer.events.append(GuardEvent("output", "citations", "flag", reason).to_dict())
 
 
+def _relay(submissions: list[Any], emit: Callable[[int, str], None]) -> None:
+    """Every choice's pieces, a piece of each in turn. The rows decode in step, one token each per batch step,
+    so waiting on one choice's next piece holds the others back by a step or so, never for long."""
+    pieces = [iter(submission) for submission in submissions]
+    live = list(range(len(pieces)))
+    while live:
+        for choice in list(live):
+            piece = next(pieces[choice], None)
+            if piece is None:
+                live.remove(choice)
+            else:
+                emit(choice, piece)
+
+
 def _check_deadline(job: Job) -> None:
     if job.deadline is not None and time.perf_counter() >= job.deadline:
         raise timed_out()
@@ -246,3 +315,18 @@ def _refuse_control_tokens(turns: list[dict[str, str]], control_tokens: tuple[st
             raise ApiError(400, f"messages[{index}] holds the chat-template control token {token!r}, which clients "
                                 "may not send: it would let text pose as a turn of another role.",
                            param=f"messages[{index}].content", code="control_token")
+
+
+def merged(answers: list[Answer]) -> Answer:
+    """One request's n answers as one, for the request log, metrics and x_tunekit: choice 0's text, citations
+    and sources; every choice's completion tokens and retries; the input's guardrail events once, then each
+    choice's output events naming it; blocked when any choice was."""
+    if len(answers) == 1:
+        return answers[0]
+    first = answers[0]
+    events = [e for e in first.events if e.get("stage") != "output"]
+    events += [{**e, "choice": i} for i, a in enumerate(answers) for e in a.events if e.get("stage") == "output"]
+    return Answer(first.text, first.finish_reason, first.prompt_tokens, sum(a.completion_tokens for a in answers),
+                  citations=first.citations, events=events, retries=sum(a.retries for a in answers),
+                  blocked=any(a.blocked for a in answers), grounded=first.grounded,
+                  citation_check=first.citation_check, sources=first.sources, constraint=first.constraint)

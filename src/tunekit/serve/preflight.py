@@ -34,14 +34,29 @@ class PreflightResult:
 
 
 def eval_settings(run_dir: Path, cfg: Any) -> dict[str, Any]:
-    """The dtype and max_new_tokens the run's eval generated with (its eval result, else the run's config)."""
+    """The dtype, max_new_tokens and output constraint the run's eval generated the fine-tune's answers with (its
+    eval result, else the run's config and no constraint)."""
     try:
         recorded = RunFolder(run_dir).eval_result()
     except UserError:  # a result this tunekit cannot read records nothing: the config is what is left
         recorded = None
     if recorded is None:
-        return {"dtype": None, "max_new_tokens": cfg.eval.max_new_tokens}
-    return {"dtype": recorded.dtype, "max_new_tokens": recorded.max_new_tokens}
+        return {"dtype": None, "max_new_tokens": cfg.eval.max_new_tokens, "constraint": None}
+    return {"dtype": recorded.dtype, "max_new_tokens": recorded.max_new_tokens, "constraint": _constraint(recorded)}
+
+
+def _constraint(recorded: Any) -> Any:
+    """The Constraint the fine-tune was decoded under in eval (eval.constrained), or None: without it, a greedy
+    answer may leave the schema where eval's did not, and preflight would report a mismatch that is not one."""
+    from tunekit.generate import Constraint
+
+    settings = recorded.constraint
+    finetuned = next((c for c in recorded.candidates if c.name == FINETUNED), None)
+    if settings is None or settings.kind is None or finetuned is None or finetuned.structured is None:
+        return None
+    if finetuned.structured.constraint is None:
+        return None
+    return Constraint(settings.kind, tuple(settings.value) if settings.kind == "choice" else settings.value)
 
 
 def run_preflight(backend: Any, runs: dict[str, tuple[Path, Any]], n: int, *, dtype_note: str = "",
@@ -64,7 +79,8 @@ def _check_run(backend: Any, name: str, run_dir: Path, cfg: Any, n: int, dtype_n
     from tunekit.generate import GenerationParams
 
     settings = eval_settings(run_dir, cfg)
-    params = GenerationParams(max_new_tokens=settings["max_new_tokens"])  # greedy, as eval generates
+    # Greedy, as eval generates, and under the constraint eval decoded the fine-tune with.
+    params = GenerationParams(max_new_tokens=settings["max_new_tokens"], constraint=settings["constraint"])
     rows = RunFolder(run_dir).eval.predictions(FINETUNED, limit=n)
     if not rows:
         return _answers_validation(backend, name, run_dir, n, params)

@@ -1,8 +1,11 @@
-"""Answers in OpenAI's shapes: a whole ChatCompletion/Completion, or server-sent event chunks.
+"""Answers in OpenAI's shapes: a whole ChatCompletion/Completion (n choices), or server-sent event chunks.
 
-Streaming runs the pipeline in a request thread that hands each piece to the event loop through a queue.
-When the client goes away or the deadline passes, the submission is cancelled: its row leaves the batch
-at the next decoding step, so nobody's slot is spent on an answer no one reads.
+Streaming runs the pipeline in a request thread that hands each piece to the event loop through a queue;
+with n choices each chunk names its choice's index. When the client goes away or the deadline passes, the
+submissions are cancelled: their rows leave the batch at the next decoding step, so nobody's slot is spent
+on an answer no one reads. Token logprobs come with the finished generation (tunekit.generate's contract),
+so a stream sends a choice's logprobs in its last chunk, the one with its finish_reason: clients that join
+the chunks' logprobs get every token's.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from typing import Any
 from tunekit.serve.admission import release_when_done, seconds_left, take_slot
 from tunekit.serve.errors import ApiError, timed_out
 from tunekit.serve.jobs import Job
-from tunekit.serve.pipeline import Answer, Prepared
-from tunekit.serve.schemas import (
+from tunekit.serve.logprobs import chat_logprobs, completion_logprobs
+from tunekit.serve.pipeline import Answer, Prepared, merged
+from tunekit.serve.replies import (
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
@@ -46,17 +50,21 @@ def usage(answer: Answer) -> Usage:
 def info(job: Job, answer: Answer, latency_ms: float | None = None) -> TunekitInfo:
     return TunekitInfo(adapter=job.adapter, guard_events=answer.events, guard_retries=answer.retries,
                        grounded=answer.grounded, citation_check=answer.citation_check, sources=answer.sources,
-                       latency_ms=None if latency_ms is None else round(latency_ms, 2))
+                       constraint=answer.constraint, latency_ms=None if latency_ms is None else round(latency_ms, 2))
 
 
-def respond(job: Job, answer: Answer, *, latency_ms: float) -> ChatCompletion | Completion:
+def respond(job: Job, answers: list[Answer], *, latency_ms: float) -> ChatCompletion | Completion:
+    """The whole response: one choice per answer; usage counts the prompt once and every choice's tokens."""
+    whole = merged(answers)
     if job.messages is None:
-        return Completion(model=job.model, usage=usage(answer), x_tunekit=info(job, answer, latency_ms),
-                          choices=[CompletionChoice(text=answer.text, finish_reason=answer.finish_reason)])
+        return Completion(model=job.model, usage=usage(whole), x_tunekit=info(job, whole, latency_ms), choices=[
+            CompletionChoice(index=i, text=a.text, finish_reason=a.finish_reason,
+                             logprobs=completion_logprobs(a.logprobs)) for i, a in enumerate(answers)])
     return ChatCompletion(
-        model=job.model, usage=usage(answer), x_tunekit=info(job, answer, latency_ms),
-        citations=[Citation(**c) for c in answer.citations],
-        choices=[ChatChoice(message=AssistantMessage(content=answer.text), finish_reason=answer.finish_reason)],
+        model=job.model, usage=usage(whole), x_tunekit=info(job, whole, latency_ms),
+        citations=[Citation(**c) for c in whole.citations],
+        choices=[ChatChoice(index=i, message=AssistantMessage(content=a.text), finish_reason=a.finish_reason,
+                            logprobs=chat_logprobs(a.logprobs)) for i, a in enumerate(answers)],
     )
 
 
@@ -84,10 +92,10 @@ async def _events(state: Any, request: Any, prepared: Prepared, started: float,
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     stop = threading.Event()
 
-    def emit(piece: str) -> None:
+    def emit(choice: int, piece: str) -> None:
         if stop.is_set():
             raise StreamCancelled
-        loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
+        loop.call_soon_threadsafe(queue.put_nowait, ("piece", (choice, piece)))
 
     submissions: list[Any] = []
 
@@ -102,19 +110,20 @@ async def _events(state: Any, request: Any, prepared: Prepared, started: float,
     key_id = getattr(request.state, "key_id", None)
     ended = False
     try:
-        yield chunks.first()
+        for chunk in chunks.first():
+            yield chunk
         while True:
             try:
                 kind, value = await asyncio.wait_for(queue.get(), timeout=seconds_left(job.deadline))
             except asyncio.TimeoutError:
                 kind, value = "error", timed_out(state.serve.timeout_s)
             if kind == "piece":
-                if value:
-                    yield chunks.piece(value)
+                if value[1]:
+                    yield chunks.piece(*value)
                 continue
             ended = True
             if kind == "done":
-                state.log_answer(key_id, job, value, (time.perf_counter() - started) * 1000)
+                state.log_answer(key_id, job, merged(value), (time.perf_counter() - started) * 1000)
                 for chunk in chunks.last(value):
                     yield chunk
             else:
@@ -143,7 +152,7 @@ def _log_stream_error(state: Any, job: Job, key_id: str | None, error: ApiError,
 
 
 class _Chunks:
-    """The SSE lines of one streamed answer, in OpenAI's chunk format."""
+    """The SSE lines of one streamed answer (n choices, each chunk naming its own), in OpenAI's chunk format."""
 
     def __init__(self, job: Job):
         self.job = job
@@ -156,25 +165,33 @@ class _Chunks:
                 "created": self.created, "model": self.job.model, "choices": choices, **extra}
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    def _choice(self, text: str | None, finish_reason: str | None, role: bool = False) -> dict[str, Any]:
+    def _choice(self, index: int, text: str | None, finish_reason: str | None, role: bool = False,
+                logprobs: Any = None) -> dict[str, Any]:
+        shown = logprobs.model_dump() if logprobs is not None else None
         if not self.chat:
-            return {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+            return {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": shown}
         delta: dict[str, Any] = {"role": "assistant"} if role else {}
         if text is not None:
             delta["content"] = text
-        return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        return {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": shown}
 
-    def first(self) -> str:
-        return self._line([self._choice("", None, role=True)])
+    def first(self) -> list[str]:
+        return [self._line([self._choice(i, "", None, role=True)]) for i in range(self.job.n)]
 
-    def piece(self, text: str) -> str:
-        return self._line([self._choice(text, None)])
+    def piece(self, index: int, text: str) -> str:
+        return self._line([self._choice(index, text, None)])
 
-    def last(self, answer: Answer) -> list[str]:
-        extra: dict[str, Any] = {"x_tunekit": info(self.job, answer).model_dump()}
+    def last(self, answers: list[Answer]) -> list[str]:
+        """Each choice's finish_reason (and logprobs: the engine reports them with the finished answer); the
+        last of these carries tunekit's extras, then the usage chunk when asked for."""
+        whole = merged(answers)
+        extra: dict[str, Any] = {"x_tunekit": info(self.job, whole).model_dump()}
         if self.chat:
-            extra["citations"] = answer.citations
-        lines = [self._line([self._choice(None if self.chat else "", answer.finish_reason)], **extra)]
+            extra["citations"] = whole.citations
+        shape = chat_logprobs if self.chat else completion_logprobs
+        lines = [self._line([self._choice(i, None if self.chat else "", a.finish_reason, logprobs=shape(a.logprobs))],
+                            **(extra if i == len(answers) - 1 else {}))
+                 for i, a in enumerate(answers)]
         if self.job.include_usage:
-            lines.append(self._line([], usage=usage(answer).model_dump()))
+            lines.append(self._line([], usage=usage(whole).model_dump()))
         return lines

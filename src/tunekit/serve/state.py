@@ -24,6 +24,7 @@ from tunekit.monitor.logdb import RequestLog, RequestRecord, utc_now
 from tunekit.rag.grounding import Grounding
 from tunekit.runfolder import RunFolder
 from tunekit.secrets import ApiKeys
+from tunekit.serve.embeddings import Embedder
 from tunekit.serve.jobs import Job
 from tunekit.serve.limits import AdmissionGate, RateLimits
 from tunekit.serve.loading import ServedModels, load_served
@@ -31,7 +32,7 @@ from tunekit.serve.logwriter import RequestLogWriter
 from tunekit.serve.metrics import ServeMetrics
 from tunekit.serve.pipeline import Answer, Pipeline
 from tunekit.serve.preflight import PreflightResult, eval_settings, run_preflight
-from tunekit.serve.schemas import Health, ModelCard
+from tunekit.serve.replies import Health, ModelCard
 
 log = logging.getLogger("tunekit.serve")
 
@@ -52,6 +53,7 @@ class ServerState:
     admin_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))  # none: the admin routes are off
     # Adapters are loaded and unloaded one change at a time (admin.py).
     admin_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    embedder: Embedder = field(default_factory=Embedder)  # /v1/embeddings; loads at its first request
     gate: AdmissionGate | None = None  # made per app: asyncio primitives belong to one event loop
     # One writer thread with a bounded queue: redaction and SQLite inserts leave the request path (logwriter.py).
     _writer: RequestLogWriter | None = field(default=None, init=False)
@@ -94,9 +96,16 @@ class ServerState:
                       in_flight=self.gate.running if self.gate else 0, queued=self.gate.waiting if self.gate else 0)
 
     def model_cards(self) -> list[ModelCard]:
+        """The served models (base and adapters), then the embedding model when it is installed."""
         base = self.served.base_name
-        return [ModelCard(id=name, created=self.created, root=base, parent=base if name != base else None)
-                for name in self.served.names]
+        cards = [ModelCard(id=name, created=self.created, root=base, parent=base if name != base else None)
+                 for name in self.served.names]
+        embedding = self.embedder.card(self.created)
+        return cards if embedding is None else [*cards, embedding]
+
+    def knows_model(self, name: str) -> bool:
+        """Whether `name` is one this server answers for (metrics label only those: clients invent names)."""
+        return name in self.served.names or (self.embedder.available and name == self.embedder.model_id)
 
     def log_answer(self, key_id: str | None, job: Job, answer: Answer, latency_ms: float) -> None:
         self.metrics.tokens.labels(job.model, "prompt").inc(answer.prompt_tokens)
@@ -166,6 +175,7 @@ def build_state(target: str, *, adapters: list[tuple[str, Path]] | tuple = (), n
     say(f"serving {', '.join(served.names)} in {backend.dtype_name}" + (f" ({dtype_note})" if dtype_note else ""))
     pipeline = Pipeline(backend, guard=_guardrails(cfg, served.tokenizer), retriever=retriever,
                         grounding=Grounding.from_config(cfg), max_input_tokens=cfg.serve.max_input_tokens)
+    pipeline.check_guard_constraint(say)
     preflight = run_preflight(backend, runs, cfg.serve.preflight_prompts, dtype_note=dtype_note, say=say)
     return ServerState(cfg=cfg, served=served, backend=backend, pipeline=pipeline, keys=keys,
                        limiter=RateLimits.from_config(cfg.serve), metrics=ServeMetrics(),
