@@ -339,3 +339,23 @@ def _llama_answer(llm, tokenizer, messages) -> str:
     assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
     out = llm.create_completion(ids, max_tokens=16, temperature=0.0, top_k=1, repeat_penalty=1.0)
     return out["choices"][0]["text"]
+
+
+def test_eval_compares_an_exported_gguf_with_the_fine_tune(lora_run, monkeypatch, capsys):
+    # What quantization cost, on the fixed test set: the export is one more candidate (issue #21).
+    out = lora_run.parent / "exports" / "f16"
+    code, text = cli(monkeypatch, capsys, "export", lora_run, "--quant", "f16", "--out", out, "--max-new-tokens", "8")
+    assert code in (0, None), text
+    config = lora_run.parent / "tunekit.yaml"
+    code, text = cli(monkeypatch, capsys, "eval", config, "eval.candidates=[finetuned, f16]",
+                     f"eval.compare={{f16: {out}}}", "eval.metrics=[exact_match]", "eval.max_new_tokens=8",
+                     "eval.latency.samples=2", "eval.constrained=false")
+    assert code in (0, 1, None), text
+    result = json.loads((lora_run / "eval" / "eval.json").read_text())
+    by_name = {c["name"]: c for c in result["candidates"]}
+    assert by_name["f16"]["status"] == "ok" and by_name["f16"]["model"].endswith(".gguf")
+    predictions = [[json.loads(line)["prediction"] for line in (lora_run / "eval" / "predictions" / f"{name}.jsonl")
+                    .read_text().splitlines()] for name in ("finetuned", "f16")]
+    # This model is chaotic on purpose (lively_model_dir), so f16 rounding may flip a late token on a row or two.
+    same = sum(a == b for a, b in zip(*predictions))
+    assert same >= 0.75 * len(predictions[0]), (same, len(predictions[0]))

@@ -56,9 +56,7 @@ def plan_candidates(cfg: ProjectConfig) -> list[CandidateSpec]:
             specs.append(CandidateSpec(name, FINETUNED, str(run_dir)))
         elif name in cfg.eval.compare:
             path = (cfg.base_dir / cfg.eval.compare[name]).resolve()
-            if not (is_run(path) or (path / "config.json").is_file()):
-                raise ConfigError("not a run folder or a local model folder", where=f"eval.compare.{name} ({path})")
-            specs.append(CandidateSpec(name, "compare", str(path)))
+            specs.append(CandidateSpec(name, "compare", str(_compare_source(path, name))))
         else:
             raise ConfigError(f"unknown candidate '{name}'; allowed: {', '.join(allowed)}", where="eval.candidates",
                               fix="add other models or runs under eval.compare: {name: path}")
@@ -125,6 +123,12 @@ def loaded_model(spec: CandidateSpec, cfg: ProjectConfig) -> Iterator[tuple[Any,
     if not spec.is_baseline and is_run(Path(spec.source)):
         run = load_run(Path(spec.source))
         model, tokenizer = run.model, run.tokenizer
+    elif spec.kind == "compare" and spec.source.lower().endswith(".gguf"):
+        from tunekit.export.proof import load_gguf
+
+        # Dequantized to fp32 by transformers: the answers are the file's weights', the latency is not llama.cpp's.
+        model, _ = load_gguf(Path(spec.source))
+        tokenizer = eval_tokenizer(cfg)  # every candidate reads the same prompts the same way
     else:
         model = _load_plain(Path(spec.source) if spec.kind == "compare" else None, cfg)
         tokenizer = eval_tokenizer(cfg)
@@ -133,6 +137,21 @@ def loaded_model(spec: CandidateSpec, cfg: ProjectConfig) -> Iterator[tuple[Any,
     finally:
         del model
         gc.collect()
+
+
+def _compare_source(path: Path, name: str) -> Path:
+    """What an eval.compare entry names: a run, a model folder, or a `tunekit export` GGUF (file or folder)."""
+    from tunekit.models.runs import is_run
+
+    if is_run(path) or (path / "config.json").is_file():
+        return path
+    from tunekit.export.proof import exported_gguf  # imports torch: only for what is neither run nor model folder
+
+    gguf = exported_gguf(path)
+    if gguf is None:
+        raise ConfigError("not a run folder, a local model folder, a .gguf file or a `tunekit export` folder",
+                          where=f"eval.compare.{name} ({path})")
+    return gguf
 
 
 def _load_plain(folder: Path | None, cfg: ProjectConfig) -> Any:
