@@ -7,7 +7,12 @@ the default dtype (bf16 on CPUs with native bf16) for speed, whose outputs are c
 fp32 reference. Prints one JSON line: tunekit tokens/s and p50/p95 latency, the baseline's batch-1 and
 best batched tokens/s, the two ratios, and the identity checks.
 
+The constrained run (issue #20) asks every prompt for a JSON reply and generates it twice in the default dtype,
+free and under a JSON schema (constrained decoding, generate/constraints.py): "constrained" holds both
+tokens/s, the ratio (target: at least 0.8) and how many replies of each validate against the schema.
+
   .venv/bin/python bench/generate_throughput.py [--num-prompts 32] [--max-new-tokens 64] [--skip-identity]
+                                                [--skip-constrained]
 """
 
 from __future__ import annotations
@@ -23,6 +28,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "bench"
 DATA = SHARED / "data" / "synth_eval.jsonl"
+REPLY_SCHEMA = {
+    "type": "object",
+    "properties": {"reply": {"type": "string"}, "tone": {"enum": ["formal", "friendly", "neutral"]},
+                   "follow_up": {"type": "boolean"}},
+    "required": ["reply", "tone", "follow_up"],
+    "additionalProperties": False,
+}
+JSON_INSTRUCTION = ('Answer with JSON only, as {"reply": "...", "tone": "formal" | "friendly" | "neutral", '
+                    '"follow_up": true | false}.')
 
 
 def run_json(cmd: list[str]) -> dict:
@@ -82,6 +96,32 @@ def common_prefix_share(a: str, b: str) -> float:
     return same / max(len(a), len(b))
 
 
+def constrained_run(gen, prompts: list, max_new_tokens: int) -> dict:
+    """The same JSON-asking prompts free and under REPLY_SCHEMA: tokens/s of each, and how many replies validate."""
+    import jsonschema
+
+    from tunekit.generate import Constraint, GenerationParams
+
+    asking = [[{"role": "system", "content": JSON_INSTRUCTION}, *p] for p in prompts]
+    free = GenerationParams(max_new_tokens=max_new_tokens)
+    forced = GenerationParams(max_new_tokens=max_new_tokens, constraint=Constraint.json_schema(REPLY_SCHEMA))
+    gen.generate(asking[:2], forced)  # warm-up: the tokenizer's conversion for the grammar engine happens once
+
+    def valid(text: str) -> bool:
+        try:
+            jsonschema.validate(json.loads(text), REPLY_SCHEMA)
+        except (ValueError, jsonschema.ValidationError):
+            return False
+        return True
+
+    figures = {}
+    for name, params in (("unconstrained", free), ("json_schema", forced)):
+        figures[name], texts = timed_generate(gen, asking, params)
+        figures[name]["valid"] = sum(map(valid, texts))
+    figures["ratio"] = round(figures["json_schema"]["tokens_per_s"] / figures["unconstrained"]["tokens_per_s"], 2)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DATA))
@@ -90,6 +130,7 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=None, help="tunekit's rows per step (default: its own)")
     parser.add_argument("--skip-identity", action="store_true", help="no fp32 run and no HF reference")
     parser.add_argument("--skip-baseline", action="store_true", help="tunekit only (for quick iteration)")
+    parser.add_argument("--skip-constrained", action="store_true", help="no JSON-schema constrained run")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "src"))
@@ -121,6 +162,10 @@ def main() -> None:
     fast.generate(prompts[:2], GenerationParams(max_new_tokens=4))  # warm-up, as the baseline does
     result["tunekit"], fast_texts = timed_generate(fast, prompts, params)
     print(json.dumps({"tunekit": result["tunekit"]}), file=sys.stderr, flush=True)
+
+    if not args.skip_constrained:
+        result["constrained"] = constrained_run(fast, prompts, args.max_new_tokens)
+        print(json.dumps({"constrained": result["constrained"]}), file=sys.stderr, flush=True)
 
     if not args.skip_identity:
         exact = Generator(model, tokenizer, dtype="fp32", max_batch_size=args.max_batch_size)
