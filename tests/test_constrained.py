@@ -13,7 +13,8 @@ import jsonschema
 import pytest
 import torch
 
-from test_generate import PROMPTS, _prefix_generator, scrambled
+import test_generate
+from test_generate import PROMPTS, _prefix_generator
 from tunekit.errors import UserError
 from tunekit.generate import BatchScheduler, Constraint, GenerationParams, Generator
 
@@ -30,24 +31,8 @@ TICKET = {
 }
 TICKETS = [[{"role": "user", "content": f"ticket {i}: " + "my invoice is wrong " * (i % 5)}] for i in range(12)]
 
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir: Path) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    return scrambled(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32))
-
-
-@pytest.fixture(scope="module")
-def gen(model: Any, tokenizer: Any) -> Generator:
-    return Generator(model, tokenizer, dtype="fp32")
+# The engine tests' own module-scoped fixtures: the tiny model with scrambled weights, its tokenizer, fp32.
+tokenizer, model, gen = test_generate.tokenizer, test_generate.model, test_generate.gen
 
 
 def valid_tickets(texts: list[str]) -> int:
