@@ -29,9 +29,10 @@ from typing import Any
 
 from tunekit.devices import DTYPES, pick_device
 from tunekit.errors import UserError
-from tunekit.generate import model_prep
+from tunekit.generate import fast_linear, model_prep
 from tunekit.generate.batching import BatchRunner, Limits, Request
 from tunekit.generate.constraints import Constraints
+from tunekit.generate.fast_linear import FastLinears
 from tunekit.generate.hf_fallback import hf_generate
 from tunekit.generate.kv_batch import ATTENTION_NAME, ModelShape
 from tunekit.generate.multi_lora import StackedLora
@@ -78,6 +79,7 @@ class Generator:
                 raise UserError(f"must be at least 1, got {value}", where=name)
         self.device = pick_device(dtype, device=str(model_prep.model_device(model)))  # type: ignore[arg-type]
         self.model = model_prep.inference_model(model, self.device.dtype)
+        self.fast_linears = self._fast_linears(owned=self.model is not model)
         self.tokenizer = tokenizer
         self.eos_ids = model_prep.eos_token_ids(self.model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
@@ -182,8 +184,7 @@ class Generator:
                     self.model.delete_adapter(name)
                 raise
             model_prep.convert_new_parameters(self.model, before, self.device.dtype)
-            if self.stacked_lora is not None:
-                self.stacked_lora.invalidate()
+            self._adapters_changed()
 
     def unload_adapter(self, name: str) -> None:
         """Delete adapter `name`; if it was the default one, another becomes the default.
@@ -196,10 +197,23 @@ class Generator:
                 raise UserError(f"'{name}' is the model's only adapter", where="adapter",
                                 fix="load another adapter before removing this one")
             self.model.delete_adapter(name)
-            if self.stacked_lora is not None:
-                self.stacked_lora.invalidate()
+            self._adapters_changed()
             if self.default_adapter == name:
                 self.default_adapter = next(iter(self.model.peft_config))
+
+    def _fast_linears(self, owned: bool) -> FastLinears | None:
+        """Packed (and, for a lone LoRA adapter, folded) linear layers: only on a weight copy of our own,
+        since they replace the modules' forwards (fast_linear.py)."""
+        if not (owned and fast_linear.supported(self.device.dtype, self.device.device)) or model_prep.is_quantized(
+                self.model) or not FastLinears.affordable(self.model, model_prep.available_memory(self.device.device)):
+            return None
+        return FastLinears(self.model)
+
+    def _adapters_changed(self) -> None:
+        if self.fast_linears is not None:
+            self.fast_linears.refresh()  # fold a lone adapter, unfold when another joins
+        if self.stacked_lora is not None:
+            self.stacked_lora.invalidate()
 
     def uses_fallback(self, adapter: str | None) -> bool:
         return model_prep.fallback_reason(self.model, adapter) is not None
