@@ -405,6 +405,26 @@ def test_scheduler_batches_concurrent_submissions(gen: Generator) -> None:
         scheduler.submit(PROMPTS[0], GenerationParams(temperature=-1))
 
 
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs at least 2 intra-op threads")
+def test_a_small_batch_steps_on_one_thread_and_hands_the_threads_back(gen: Generator) -> None:
+    configured, seen = torch.get_num_threads(), []
+    params = GenerationParams(max_new_tokens=6)
+    with BatchScheduler(gen) as scheduler:
+        step = scheduler._runner.step
+
+        def spied() -> None:  # on the scheduler's thread, inside the step
+            seen.append((len(scheduler._runner.requests), torch.get_num_threads()))
+            step()
+
+        scheduler._runner.step = spied  # type: ignore[method-assign]
+        scheduler.submit(PROMPTS[0], params).result(timeout=60)
+        jobs = [scheduler.submit(p, params) for p in PROMPTS * 2]
+        [job.result(timeout=60) for job in jobs]
+    assert {threads for rows, threads in seen if rows <= 2} == {1}  # one stream: the other cores serve HTTP
+    assert {threads for rows, threads in seen if rows > 2} == {configured}
+    assert torch.get_num_threads() == configured
+
+
 def test_latency_probe_times_requests_one_at_a_time_or_together(gen: Generator) -> None:
     params = GenerationParams(max_new_tokens=32)
     expected = [o.text for o in gen.generate(PROMPTS, params)]

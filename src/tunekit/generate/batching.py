@@ -126,10 +126,12 @@ class BatchRunner:
 
     @torch.inference_mode()
     def step(self) -> None:
-        """Drop cancelled requests, admit what fits, then decode one token for every running row."""
+        """Drop cancelled requests, admit what fits, then decode one token for every running row (unless no row
+        was running: then the prefilled rows' first tokens are the step's, so streams show them at once)."""
         self._drop_cancelled()
+        running = self.batch is not None
         self._admit()
-        if self.batch is None:
+        if self.batch is None or not running:  # fresh rows only: their first token goes out before any decode
             return
         with self._adapters(self.batch.rows) as forward:
             logits = self.batch.step(self.model, **forward)

@@ -21,6 +21,9 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+import torch
+
+from tunekit.devices import serving_threads
 from tunekit.generate.batching import BatchRunner, Request
 from tunekit.generate.generator import Generator
 from tunekit.generate.hf_fallback import hf_generate
@@ -97,6 +100,7 @@ class BatchScheduler:
         self._retiring: dict[str, Future[None]] = {}  # adapters to delete once no request uses them
         self._wake = threading.Condition()
         self._closed = False
+        self._threads = torch.get_num_threads()  # what the process was configured with (devices.tune_cpu)
         self._thread = threading.Thread(target=self._loop, name="tunekit-batch-scheduler", daemon=True)
         self._thread.start()
 
@@ -163,7 +167,7 @@ class BatchScheduler:
             try:
                 self._take(arrived)
                 if self._runner.busy:
-                    with self.generator.stepping():
+                    with self.generator.stepping(), self._step_threads():
                         self._runner.step()
             except Exception as error:  # a failed step fails its requests, not the server's thread
                 for submission in self._live:
@@ -173,6 +177,20 @@ class BatchScheduler:
             for submission in self._live:
                 submission.publish()
             self._live = [s for s in self._live if not (s.request.done or s.request.cancelled)]
+
+    @contextlib.contextmanager
+    def _step_threads(self) -> Iterator[None]:
+        """The step's intra-op threads (devices.serving_threads), then the process's own again: the count is
+        process-wide, and direct `generate` calls between steps must not inherit a small batch's one thread."""
+        wanted = serving_threads(len(self._runner.requests), self._threads)
+        if self.generator.device.device.type != "cpu" or wanted == self._threads:
+            yield
+            return
+        torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(self._threads)
 
     def _retire_unused(self) -> None:
         """Delete each adapter asked to retire that no queued or running request uses (called holding _wake)."""
