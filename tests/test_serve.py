@@ -419,6 +419,48 @@ def test_preflight_mismatch_is_reported_not_hidden(project, tmp_path):
         state.close()
 
 
+def test_an_answer_that_parts_only_at_a_rounding_tie_is_a_tie_not_a_mismatch(project, tmp_path, monkeypatch):
+    from tunekit.generate import GenerationParams
+    from tunekit.serve import preflight
+
+    tampered = tmp_path / "tied"
+    shutil.copytree(project.alpha, tampered, ignore=shutil.ignore_patterns("checkpoints", "serve"))
+    predictions = tampered / "eval" / "predictions" / "finetuned.jsonl"
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    overrides = [f"serve.log_db={tmp_path / 'log.db'}"]
+    state = build_state(str(tampered), say=lambda _: None, overrides=overrides)
+    try:  # the served model's first token for row 1, and a runner-up that starts differently
+        prompt = state.backend.render([m for m in rows[1]["messages"] if m["role"] != "assistant"])
+        top = state.backend.generate(prompt, GenerationParams(max_new_tokens=1, logprobs=10), "tied").logprobs[0].top
+        dtype = state.backend.dtype_name
+    finally:
+        state.close()
+    runner_up = next(t for t in top[1:] if t.token and t.token[0] != top[0].token[:1])
+    gap = top[0].logprob - runner_up.logprob
+    rows[1]["prediction"] = runner_up.token + " and then something else"
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for margin, status in ((gap + 1e-3, "match"), (gap - 1e-3, "mismatch")):
+        monkeypatch.setattr(preflight, "TIE_NATS", {dtype: margin})
+        said = []
+        state = build_state(str(tampered), say=said.append, overrides=overrides)
+        try:
+            result = state.preflight["tied"]
+            assert result.status == status
+            assert [t["index"] for t in result.ties] == ([1] if status == "match" else [])
+            assert any("rounding tie" in line for line in said) == (status == "match")
+        finally:
+            state.close()
+
+
+def test_tie_gap_compares_the_tokens_that_begin_each_answer():
+    from tunekit.generate.types import TopLogprob
+    from tunekit.serve.preflight import tie_gap
+
+    top = (TopLogprob("medium", 1, -1.05), TopLogprob("high", 2, -1.17), TopLogprob("me", 3, -4.0))
+    assert tie_gap(top, "medium\"}", "high\"}") == pytest.approx(0.12)  # the longest fitting token: medium
+    assert tie_gap(top, "low\"}", "high\"}") is None  # low is not among the alternatives: no verdict
+
+
 def test_adapters_with_another_template_or_base_are_refused(project, tmp_path):
     other_template = tmp_path / "other_template"
     shutil.copytree(project.beta, other_template)
