@@ -20,6 +20,11 @@ def offline_and_quiet() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # bitsandbytes tries to fetch an optional CPU kernel from the hub and logs the failure at import.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # Compiled layers under gradient checkpointing with a context_fn (train/recompute.py keeps projection
+    # outputs) make torch warn, every run, to check the region has no in-place ops; ours has none, and a user
+    # cannot act on it. A filter, not a level: torch._logging resets its loggers' levels when dynamo starts.
+    logging.getLogger("torch._higher_order_ops.wrap").addFilter(
+        lambda record: "context_fn is passed to torch.utils.checkpoint" not in record.getMessage())
     for message in (
         r".*is_gradient_checkpointing.*",
         r".*gradient_checkpointing_enable.*",
