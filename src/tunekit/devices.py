@@ -107,20 +107,21 @@ def tune_cpu(threads: int | None = None) -> int:
     return threads
 
 
-# Rows up to which a server's decode step runs on one intra-op thread (see `serving_threads`).
-SINGLE_THREAD_ROWS = 2
+# Tokens up to which a server's engine step runs on one intra-op thread (see `serving_threads`).
+SINGLE_THREAD_TOKENS = 2
 
 
-def serving_threads(rows: int, configured: int) -> int:
-    """Intra-op threads for a decode step of `rows` rows while a server's own threads also need the CPU.
+def serving_threads(step_tokens: int, configured: int) -> int:
+    """Intra-op threads for an engine step that computes `step_tokens` tokens (one per decoding row, a whole
+    prompt per prefilling one) while a server's own threads also need the CPU.
 
     Each streamed token wakes the HTTP side (a request thread, the event loop, the socket write), and an
     intra-op worker that loses its core to them holds every parallel region of the step at its barrier. A
-    step of one or two rows is bound by memory bandwidth, which one thread nearly saturates (prepacked bf16
-    weights: one pass in 10.2 against 9.3 ms with 2 threads), so such steps leave the other cores to the
+    decode step of one or two rows is bound by memory bandwidth, which one thread nearly saturates (prepacked
+    bf16 weights: one pass in 10.2 against 9.3 ms with 2 threads), so such steps leave the other cores to the
     server. Measured with one streamed client on 2 cores (bench/latency.py): 60 ms per token with 2 threads,
-    22 with this. Larger batches are compute-bound and get every thread."""
-    return 1 if rows <= SINGLE_THREAD_ROWS else configured
+    24 with this. Prefills and larger batches are compute-bound and get every thread."""
+    return 1 if step_tokens <= SINGLE_THREAD_TOKENS else configured
 
 
 def release_free_memory() -> None:

@@ -182,7 +182,7 @@ class BatchScheduler:
     def _step_threads(self) -> Iterator[None]:
         """The step's intra-op threads (devices.serving_threads), then the process's own again: the count is
         process-wide, and direct `generate` calls between steps must not inherit a small batch's one thread."""
-        wanted = serving_threads(len(self._runner.requests), self._threads)
+        wanted = serving_threads(self._step_tokens(), self._threads)
         if self.generator.device.device.type != "cpu" or wanted == self._threads:
             yield
             return
@@ -191,6 +191,11 @@ class BatchScheduler:
             yield
         finally:
             torch.set_num_threads(self._threads)
+
+    def _step_tokens(self) -> int:
+        """Tokens the next step computes, about: one per running row, and the prompts it may admit."""
+        running = len(self._runner.batch) if self._runner.batch is not None else 0
+        return running + sum(len(r.prompt_ids) for r in self._runner.pending)
 
     def _retire_unused(self) -> None:
         """Delete each adapter asked to retire that no queued or running request uses (called holding _wake)."""
