@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+import test_generate
 from test_generate import PROMPTS, lora_config, scrambled, two_adapters
 from tunekit.generate import GenerationParams, Generator, fast_linear
 
@@ -16,18 +17,8 @@ pytestmark = pytest.mark.skipif(not fast_linear.supported(torch.bfloat16, torch.
 GREEDY = GenerationParams(max_new_tokens=16)
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir: Path) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    return scrambled(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32))
+# The engine tests' own module-scoped fixtures: the tiny model with scrambled weights and its tokenizer.
+tokenizer, model = test_generate.tokenizer, test_generate.model
 
 
 def texts(gen: Generator, **kwargs: Any) -> list[str]:
