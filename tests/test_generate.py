@@ -86,6 +86,26 @@ def test_greedy_fp32_equals_hf_generate_per_prompt(gen: Generator, model: Any, t
         assert 0 < out.ttft_s <= out.latency_s
 
 
+def test_prompts_with_a_common_beginning_run_it_once_and_answer_the_same(gen: Generator, model: Any,
+                                                                        tokenizer: Any, monkeypatch: Any) -> None:
+    """Few-shot prompts: the system turn and the examples are the same tokens in every prompt. They run once
+    for the whole batch, and each answer is still HF generate's for that prompt alone."""
+    from tunekit.generate import batching
+
+    shots = [{"role": "user", "content": "hello world " * 9}, {"role": "assistant", "content": "world hello " * 5}]
+    prompts = [[{"role": "system", "content": "be brief " * 6}, *shots, {"role": "user", "content": "hello " * n}]
+               for n in (1, 12, 4, 30)]
+    computed: list[int] = []
+    compute = batching.SharedPrefix.compute
+    monkeypatch.setattr(batching.SharedPrefix, "compute",
+                        lambda *a, **k: computed.append(len(a[2])) or compute(*a, **k))
+    outs = gen.generate(prompts, GenerationParams(max_new_tokens=16))
+    rendered = [tokenizer(gen.render(p), add_special_tokens=False)["input_ids"] for p in prompts]
+    assert computed == [batching.common_prefix_length(rendered)] and computed[0] >= batching.SHARED_PREFIX_MIN
+    assert [o.text for o in outs] == [hf_text(model, tokenizer, gen.render(p), 16) for p in prompts]
+    assert [o.prompt_tokens for o in outs] == [len(r) for r in rendered]
+
+
 def test_models_that_call_the_cache_past_key_values_generate_the_same(model: Any, tokenizer: Any,
                                                                         gen: Generator) -> None:
     """transformers 5 releases before the `cache` rename (5.17 on the GPU machine) take `past_key_values` and

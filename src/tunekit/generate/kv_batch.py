@@ -1,7 +1,9 @@
 """The running decode batch: rows left-padded to one length, sharing one preallocated KV cache.
 
 Rows can leave the batch (`keep`) as soon as they finish and new, prefilled rows can join it (`merge`),
-so a long answer never holds up the others and a free slot is refilled at once.
+so a long answer never holds up the others and a free slot is refilled at once. Prompts admitted together
+that begin with the same tokens (a system prompt, few-shot examples) run that prefix once (`SharedPrefix`):
+each row's cache is then [prefix | left padding | own tokens], the padding masked like any other.
 
 Why not transformers' DynamicCache: it concatenates every layer's whole cache on each step (about 20%
 of a 32-row decode step here) and cannot take in rows of another length. Attention always runs over
@@ -98,6 +100,26 @@ class SlotCache(Cache):
 
 
 @dataclass
+class SharedPrefix:
+    """Keys and values of the tokens every prompt of a prefill begins with, computed once for all of them."""
+
+    length: int
+    keys: list[torch.Tensor]  # per layer, [1, kv_heads, length, head_dim]
+    values: list[torch.Tensor]
+
+    @classmethod
+    def compute(cls, model: Any, shape: ModelShape, ids: list[int], **forward: Any) -> SharedPrefix:
+        device, length = shape.device, len(ids)
+        cache = SlotCache(*shape.empty_cache(1, length), length=0)
+        allowed = torch.ones((length, length), dtype=torch.bool, device=device).tril()[None, None]
+        model(input_ids=torch.tensor([ids], dtype=torch.long, device=device),
+              attention_mask=additive_mask(allowed, shape.dtype),
+              position_ids=torch.arange(length, device=device)[None], use_cache=True,
+              logits_to_keep=torch.tensor([length - 1], device=device), **cache_argument(model, cache), **forward)
+        return cls(length, cache.keys, cache.values)
+
+
+@dataclass
 class ModelShape:
     layers: int
     kv_heads: int
@@ -139,20 +161,29 @@ class DecodeBatch:
 
     @classmethod
     def prefill(cls, model: Any, shape: ModelShape, prompts: Sequence[list[int]], rows: list[Any], pad_id: int,
-                reserve: int, **forward: Any) -> tuple[DecodeBatch, torch.Tensor]:
+                reserve: int, prefix: SharedPrefix | None = None, **forward: Any) -> tuple[DecodeBatch, torch.Tensor]:
         """Run the prompts (left-padded to the longest) through the model; returns the batch and the
-        last position's logits, [rows, vocab]. `forward`: extra model arguments (per-row adapter names)."""
-        length = max(len(p) for p in prompts)
-        device = shape.device
+        last position's logits, [rows, vocab]. `prefix`: the tokens every prompt begins with, already run;
+        only what follows it goes through the model here. `forward`: extra model arguments (per-row
+        adapter names)."""
+        shared = prefix.length if prefix is not None else 0
+        tails = [p[shared:] for p in prompts]
+        length = max(len(t) for t in tails)
+        total, device = shared + length, shape.device
         ids = torch.full((len(prompts), length), pad_id, dtype=torch.long, device=device)
-        valid = torch.zeros((len(prompts), length + reserve), dtype=torch.bool, device=device)
-        for i, prompt in enumerate(prompts):
-            ids[i, length - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            valid[i, length - len(prompt) : length] = True
-        # Pad positions get position 0, as in HF generate; they are masked out anyway.
-        positions = (valid[:, :length].long().cumsum(dim=1) - 1).clamp(min=0)
-        cache = SlotCache(*shape.empty_cache(len(prompts), length + reserve), length=0)
-        causal = torch.ones((length, length + reserve), dtype=torch.bool, device=device).tril()
+        valid = torch.zeros((len(prompts), total + reserve), dtype=torch.bool, device=device)
+        valid[:, :shared] = True
+        for i, tail in enumerate(tails):
+            ids[i, length - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+            valid[i, total - len(tail) : total] = True
+        # Pad positions get position 0 (or the prefix's last), as in HF generate; they are masked out anyway.
+        positions = (valid[:, :total].long().cumsum(dim=1) - 1).clamp(min=0)[:, shared:]
+        cache = SlotCache(*shape.empty_cache(len(prompts), total + reserve), length=shared)
+        if prefix is not None:
+            for layer in range(shape.layers):
+                cache.keys[layer][:, :, :shared] = prefix.keys[layer]
+                cache.values[layer][:, :, :shared] = prefix.values[layer]
+        causal = torch.ones((length, total + reserve), dtype=torch.bool, device=device).tril(diagonal=shared)
         allowed = causal[None, None] & valid[:, None, None, :]
         # The last position as an index tensor, not logits_to_keep=1: indexing copies the hidden states into
         # a contiguous [rows, 1, hidden] block, while the slice that =1 makes is strided, and a linear layer
@@ -161,7 +192,7 @@ class DecodeBatch:
         last = torch.tensor([length - 1], device=device)
         out = model(input_ids=ids, attention_mask=additive_mask(allowed, shape.dtype), position_ids=positions,
                     use_cache=True, logits_to_keep=last, **cache_argument(model, cache), **forward)
-        cache.length = length
+        cache.length = total
         batch = cls(shape, cache, valid, positions[:, -1] + 1, rows)
         return batch, out.logits[:, -1, :]
 
