@@ -169,23 +169,6 @@ def test_merge_writes_a_plain_model_that_answers_the_same(tmp_path, tiny_model_d
     assert not any("lora" in n for n, _ in model.named_parameters())
 
 
-def test_two_processes_match_one_with_double_accumulation(tmp_path, tiny_model_dir):
-    extra = "  batch_size: 2\n  max_steps: 6\n  eval_every: 3\n"
-    one = make_project(tmp_path / "one", tiny_model_dir, extra=extra)
-    two = make_project(tmp_path / "two", tiny_model_dir, extra=extra)
-    no_dropout = ["method.dropout=0", "training.dtype=fp32"]
-    r1 = tunekit("train", str(one), "training.grad_accum=2", *no_dropout)
-    assert r1.returncode == 0, r1.stderr[-3000:]
-    r2 = tunekit("train", str(two), "--num-processes", "2", *no_dropout)
-    assert r2.returncode == 0, r2.stderr[-3000:]
-    m1 = [m for m in read_metrics(tmp_path / "one" / "run") if "loss" in m]
-    m2 = [m for m in read_metrics(tmp_path / "two" / "run") if "loss" in m]
-    assert len(m1) == len(m2) == 6
-    for a, b in zip(m1, m2):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
-        assert a["tokens"] == b["tokens"]
-
-
 def test_reproduce_reports_a_match(tmp_path, tiny_model_dir):
     config = make_project(tmp_path, tiny_model_dir)
     assert tunekit("train", str(config)).returncode == 0

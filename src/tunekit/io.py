@@ -66,16 +66,21 @@ def atomic_dir(target: str | os.PathLike[str], *, replace: bool = False) -> Iter
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
-        if target.exists() and replace:
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        move_into_place(tmp, target, replace=replace)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def move_into_place(tmp: Path, target: Path, *, replace: bool = True) -> None:
+    """Rename the finished folder `tmp` to `target`; with `replace`, an existing `target` is swapped out."""
+    if target.exists() and replace:
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
 
 
 def require_free_space(folder: str | os.PathLike[str], tensors: Iterable[Any], what: str, fix: str) -> None:

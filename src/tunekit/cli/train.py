@@ -16,8 +16,14 @@ from tunekit.runfolder import RunFolder
 def train(
     config: Path = typer.Argument(..., help="project YAML"),
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides"),
-    num_processes: int = typer.Option(1, "--num-processes", min=1, help="training processes (DDP)"),
+    num_processes: int | None = typer.Option(None, "--num-processes", min=1,
+                                             help="training processes (DDP; default: the accelerate config's, or 1)"),
     accelerate_config: Path | None = typer.Option(None, "--accelerate-config", help="DDP/FSDP/DeepSpeed config"),
+    machine_rank: int | None = typer.Option(None, "--machine-rank", min=0,
+                                            help="this machine's rank (overrides the accelerate config's)"),
+    main_process_ip: str | None = typer.Option(None, "--main-process-ip", help="the rank-0 machine's address"),
+    main_process_port: int | None = typer.Option(None, "--main-process-port", min=1, max=65535,
+                                                 help="the port the rank-0 machine listens on"),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint"),
     reproduce: Path | None = typer.Option(None, "--reproduce", help="repeat RUN and report whether it matches"),
 ) -> None:
@@ -27,19 +33,29 @@ def train(
         overrides.append("training.resume=auto")
     if reproduce is not None:
         overrides += _reproduce_overrides(reproduce)
+    placed = (machine_rank, main_process_ip, main_process_port) != (None, None, None)
+    if placed and accelerate_config is None:
+        raise UserError("--machine-rank and --main-process-ip/port place this machine in a multi-machine run",
+                        where="tunekit train", fix="give them with --accelerate-config (num_machines > 1)")
     cfg = load_config(config, overrides)
     from tunekit.train.setup import validate_method
 
     # Bad method options fail here, before any process or weights load. One process trains with this result;
     # several each check again in their own process (they have to inspect the architecture themselves).
     validated = validate_method(cfg)
-    if num_processes > 1 or accelerate_config is not None:
-        from tunekit.train.launch import launch
+    if (num_processes or 1) > 1 or accelerate_config is not None:
+        from tunekit.train.launch import Machine, is_fsdp, launch, read_accelerate_config
         from tunekit.train.setup import prepare_once
 
+        # What cannot run fails here, before the data is prepared or any process starts.
+        if accelerate_config is not None and is_fsdp(read_accelerate_config(accelerate_config)):
+            from tunekit.train.sharding import check_method
+
+            check_method(validated.method, cfg.training.optimizer)
         prepare_once(cfg, say=lambda msg: err_console.print(msg, highlight=False))  # not once per process
 
-        code = launch(config, overrides, num_processes, accelerate_config)
+        machine = Machine(machine_rank, main_process_ip, main_process_port)
+        code = launch(config, overrides, num_processes, accelerate_config, machine)
         if code:
             raise typer.Exit(code)
     else:

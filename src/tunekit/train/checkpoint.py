@@ -90,11 +90,11 @@ def save_checkpoint(
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
         if peft_model is not None:  # the adapter in PEFT's own format, usable straight from a checkpoint
             peft_model.save_pretrained(str(tmp / "adapter"))
-    _prune(run_dir, keep)
+    prune_checkpoints(run_dir, keep)
     return target
 
 
-def _prune(run_dir: Path, keep: int) -> None:
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -120,6 +120,9 @@ def find_resume_point(run_dir: Path, resume: str) -> Path | None:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
+    if (path / "sharded").is_dir():
+        raise UserError("this checkpoint was written by an FSDP run (sharded weights); it resumes only sharded",
+                        where=str(path), fix="resume with the accelerate FSDP config the run was started with")
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = sorted(set(weights) ^ {n for n, p in params.items() if p.requires_grad})

@@ -61,6 +61,7 @@ class StepRunner:
         self.per_step = grad_accum * accelerator.num_processes
         self._epoch_batches: dict[int, list[list[int]]] = {}
         self.in_backward = False  # set by step_in_backward(): the optimizer already stepped during backward
+        self.sharded = False  # the model is sharded with FSDP (sharding.py)
         # Return the heap's free pages inside each step too (before backward and the optimizer), not only
         # between steps (30-step runs, same data): full fine-tuning 50-80 MB lower per step; LoRA's peak
         # 1049-1153 MB against 1158-1367 without. With eager layers it cost LoRA ~12% of its speed (the
@@ -95,7 +96,11 @@ class StepRunner:
         for k, batch in enumerate(micro):
             batch = on_device(batch, self.acc.device)
             sync = k == len(micro) - 1
-            context = self.acc.no_sync(self.wrapped) if not sync else _null()
+            if self.sharded:  # FSDP reduces gradients in backward; only the last micro-batch's backward does
+                self.wrapped.set_requires_gradient_sync(sync)
+                context = _null()
+            else:
+                context = self.acc.no_sync(self.wrapped) if not sync else _null()
             with context, self.autocast:
                 loss_sum, _ = self.wrapped(batch["input_ids"], batch["attention_mask"], batch["labels"])
             if self.in_backward and not torch.isfinite(loss_sum):  # backward would update the weights
@@ -140,7 +145,8 @@ def _diverged(loss: float, state: TrainState) -> TrainingStopped:
 def can_step_in_backward(runner: StepRunner) -> bool:
     """The whole step's gradient must be final within one backward: no clipping (the global norm is known
     only at its end), no accumulation, one process (DDP reduces gradients in buckets after the hooks)."""
-    return not runner.max_grad_norm and runner.grad_accum == 1 and runner.acc.num_processes == 1
+    return (not runner.max_grad_norm and runner.grad_accum == 1 and runner.acc.num_processes == 1
+            and not runner.sharded)
 
 
 def step_in_backward(optimizer: Any, params: list[torch.nn.Parameter]) -> None:
@@ -174,7 +180,7 @@ def on_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 @torch.no_grad()
 def validation_loss(acc: Any, wrapped: Any, features: list[Features], pad_id: int, autocast: Any,
-                    batch_size: int) -> float | None:
+                    batch_size: int, lockstep: bool = False) -> float | None:
     """Mean loss over supervised tokens, in batches of the training batch size: no larger activations than
     training already needed, so evaluation does not set the run's peak memory."""
     if not features:
@@ -183,12 +189,17 @@ def validation_loss(acc: Any, wrapped: Any, features: list[Features], pad_id: in
     order = sorted(range(len(features)), key=lambda i: len(features[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     total, count = torch.zeros((), device=acc.device), torch.zeros((), dtype=torch.long, device=acc.device)
-    for idx in batches[acc.process_index :: acc.num_processes]:
-        batch = on_device(collate([features[i] for i in idx], pad_id), acc.device)
+    mine = batches[acc.process_index :: acc.num_processes]
+    # A sharded model's forward is collective: every process runs as many as the busiest, extra ones uncounted.
+    rounds = math.ceil(len(batches) / acc.num_processes) if lockstep else len(mine)
+    for k in range(rounds):
+        batch = on_device(collate([features[i] for i in (mine[k] if k < len(mine) else batches[0])], pad_id),
+                          acc.device)
         with autocast:
             loss_sum, n = wrapped(batch["input_ids"], batch["attention_mask"], batch["labels"])
-        total += loss_sum.float()
-        count += n
+        if k < len(mine):
+            total += loss_sum.float()
+            count += n
         # Batches come shortest first, so each needs larger blocks than the holes the last one left: without
         # this the heap grew by every batch (a LoRA run's validation rose from 0.79 to 1.16 GB, its peak).
         release_free_memory()

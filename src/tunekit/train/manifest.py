@@ -38,7 +38,8 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_manifest(run: Any) -> dict[str, Any]:
+def write_manifest(run: Any, full: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """`full`: a sharded model's gathered weights (the model itself holds only this process's shards)."""
     folder = RunFolder(run.run_dir)
     splits = folder.splits_manifest() or {}
     manifest = {
@@ -51,19 +52,20 @@ def write_manifest(run: Any) -> dict[str, Any]:
         "dtype": run.device.dtype_name,
         "libraries": library_versions(),
         "machine": machine(),
-        "weights_sha256": weights_hash(run.model),
+        "weights_sha256": weights_hash(run.model, full),
     }
     write_json_atomic(folder.manifest_path, manifest)
     return manifest
 
 
-def weights_hash(model: torch.nn.Module) -> str:
+def weights_hash(model: torch.nn.Module, full: dict[str, torch.Tensor] | None = None) -> str:
     """Hash of the trained weights, in name order: equal hashes mean bit-identical results."""
     digest = hashlib.sha256()
     for name, param in sorted(model.named_parameters()):
         if param.requires_grad:
+            value = full[name] if full is not None else param
             digest.update(name.encode())
-            digest.update(param.detach().float().contiguous().numpy().tobytes())
+            digest.update(value.detach().float().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 

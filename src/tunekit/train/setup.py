@@ -90,26 +90,43 @@ def ensure_prepared(cfg: ProjectConfig, tokenizer: Any, say: Any) -> DataFolder:
 
 
 def prepare_once(cfg: ProjectConfig, say: Any = print) -> None:
-    """Prepare the data in the launching process, so several training processes never race to write it."""
+    """Prepare the data in the launching process, so several training processes never race to write it. Under a
+    lock on the run folder: the launchers of several machines sharing it (multi-machine runs need a shared
+    filesystem) wait for the first one's data instead of writing it again."""
+    import fcntl
+
     from tunekit.models.load import load_chat_tokenizer
     from tunekit.models.resolve import resolve_model
 
-    if RunFolder(cfg.run_path()).split_path("train").exists():
+    run_dir = cfg.run_path()
+    if RunFolder(run_dir).split_path("train").exists():
         return
-    trust = cfg.model.trust_remote_code
-    tokenizer = load_chat_tokenizer(resolve_model(cfg.model.name, trust_remote_code=trust), trust, say=say)
-    ensure_prepared(cfg, tokenizer, say)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if RunFolder(run_dir).split_path("train").exists():  # another machine's launcher made it meanwhile
+            return
+        trust = cfg.model.trust_remote_code
+        tokenizer = load_chat_tokenizer(resolve_model(cfg.model.name, trust_remote_code=trust), trust, say=say)
+        ensure_prepared(cfg, tokenizer, say)
 
 
-def build_run(cfg: ProjectConfig, say: Any = print, validated: ValidatedMethod | None = None) -> RunSetup:
+def build_run(cfg: ProjectConfig, say: Any = print, validated: ValidatedMethod | None = None,
+              sharded: bool = False) -> RunSetup:
     """`validated`: validate_method's result where the caller already has it (`tunekit train` checks before
-    it starts any process); otherwise it runs here."""
+    it starts any process); otherwise it runs here. `sharded`: the model will be sharded with FSDP."""
     from tunekit.models.load import load_chat_tokenizer, load_model
+    from tunekit.train.sharding import check_method, refuse_deepspeed
 
     method, arch, resolved = validated or validate_method(cfg)
     check_optimizer(cfg)
     device = pick_device(cfg.training.dtype)
+    refuse_deepspeed(device.device.type)
+    if sharded:
+        check_method(method, cfg.training.optimizer)
     compile_layers_too, compile_reason = decide_compile(cfg.training.compile, device, method)
+    if sharded and compile_layers_too:
+        compile_layers_too, compile_reason = False, "FSDP: sharded layers run eagerly (compiled ones are untested)"
     checkpointing = cfg.training.gradient_checkpointing
     if checkpointing is None:
         checkpointing = method.supports_gradient_checkpointing
@@ -155,6 +172,8 @@ def build_run(cfg: ProjectConfig, say: Any = print, validated: ValidatedMethod |
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
     optimizer = resolve_optimizer(cfg.training.optimizer, method.trains_base_weights, device.dtype)
+    if sharded and optimizer == "adamw_bf16":  # auto on one process; FSDP cannot shard its error buffers
+        optimizer = "adamw"
     residuals = {}
     if optimizer == "adamw_bf16" and device.dtype == torch.bfloat16:
         residuals = store_trained_weights_in(model, device.dtype)  # the optimizer keeps them exact

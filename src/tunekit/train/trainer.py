@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tunekit.config import ProjectConfig, dump_config
 from tunekit.devices import peak_gpu_mb, peak_rss_mb, tune_cpu
 from tunekit.io import atomic_dir, require_free_space, write_json_atomic, write_text_atomic
@@ -33,6 +35,8 @@ from tunekit.train.metrics import MetricsLogger, plot_loss_curve
 from tunekit.train.optimizers import CompactAdamW, make_optimizer
 from tunekit.train.schedule import make_scheduler
 from tunekit.train.setup import RunSetup, ValidatedMethod, build_run
+from tunekit.train.sharded_checkpoint import full_state, load_sharded_checkpoint, save_sharded_checkpoint
+from tunekit.train.sharding import is_sharded
 
 EVALS_PER_RUN = 10
 
@@ -42,9 +46,12 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None,
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from tunekit.train.sharding import shard_model, take_fsdp_plan
+
+    fsdp = take_fsdp_plan()  # before the Accelerator: it must not shard on its own (sharding.py says why)
     threads = tune_cpu(cfg.training.num_threads)
     set_seed(cfg.training.seed)
-    run = build_run(cfg, say, validated)
+    run = build_run(cfg, say, validated, sharded=fsdp is not None)
     acc = Accelerator(cpu=run.device.device.type == "cpu")
     is_main = acc.is_main_process
     if is_main:
@@ -58,13 +65,22 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None,
         if run.kept_projections:
             say(f"gradient checkpointing keeps the outputs of {', '.join(run.kept_projections)} instead of "
                 "recomputing them (training.checkpoint_keep)")
+    wrapped = SupervisedLM(run.model, direct=not run.method.prompt_learning,
+                           head_loss=compiled_head_loss() if run.compiled else None)
+    if fsdp is not None:  # before the optimizer exists: sharding replaces the parameters
+        layers = shard_model(wrapped, run.model, run.arch.layer_prefix, fsdp, run.device.dtype)
+        if is_main:
+            say(f"FSDP over {acc.num_processes} processes: {layers} decoder layers and the rest sharded, "
+                f"{'resharded' if fsdp.reshard_after_forward else 'kept whole'} after forward; checkpoints are "
+                "sharded (torch distributed checkpoint); answer checks during training are skipped")
     trainable = [p for p in run.model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, run.learning_rate, cfg.training.weight_decay, run.optimizer,
                                seed=cfg.training.seed, residuals=run.residuals)
     run.residuals.clear()  # the optimizer holds them now
-    wrapped = SupervisedLM(run.model, direct=not run.method.prompt_learning,
-                           head_loss=compiled_head_loss() if run.compiled else None)
-    wrapped, optimizer = acc.prepare(wrapped, optimizer)
+    if fsdp is None:
+        wrapped, optimizer = acc.prepare(wrapped, optimizer)
+    else:  # sharded already; accelerate's prepare would wrap it in DDP too
+        optimizer = acc.prepare_optimizer(optimizer)
     runner = StepRunner(
         acc, wrapped, optimizer, None, run.train, batch_size=cfg.training.batch_size,
         grad_accum=cfg.training.grad_accum, seed=cfg.training.seed, group_by_length=cfg.training.group_by_length,
@@ -72,6 +88,7 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None,
         autocast=run.device.autocast(),
     )
     runner.trim_within_step = run.method.trim_heap_within_step
+    runner.sharded = fsdp is not None
     compact = isinstance(optimizer.optimizer, CompactAdamW)
     if can_step_in_backward(runner):
         step_in_backward(optimizer, trainable)  # the prepared optimizer: its step() is what the schedule counts
@@ -96,8 +113,14 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None,
     finally:
         if logger is not None:
             logger.close()
+    # Each process's peak before the final gather: what training itself needed (DDP and FSDP differ in it).
+    peaks = acc.gather(torch.tensor([peak_rss_mb()], dtype=torch.float64, device=acc.device))
+    result |= {"processes": acc.num_processes, "sharded": fsdp is not None}
+    result["peak_rss_mb_per_process"] = [round(float(x), 1) for x in peaks.reshape(-1).tolist()]
+    # Sharded weights are gathered by every process together; the main process writes them.
+    full = full_state(run.model, trainable=run.method.uses_peft) if fsdp is not None else None
     if is_main:
-        _finish(run, acc, wrapped, optimizer, result)
+        _finish(run, acc, wrapped, optimizer, result, full)
     acc.wait_for_everyone()
     return result
 
@@ -121,7 +144,10 @@ def _resume(cfg: ProjectConfig, run: RunSetup, acc: Any, optimizer: Any, schedul
             for path in old:
                 shutil.rmtree(path, ignore_errors=True)
         return TrainState()
-    state = load_checkpoint(point, run.model, optimizer, scheduler)
+    if is_sharded(run.model):
+        state = load_sharded_checkpoint(point, acc, run.model, getattr(optimizer, "optimizer", optimizer), scheduler)
+    else:
+        state = load_checkpoint(point, run.model, optimizer, scheduler)
     if acc.is_main_process:
         _truncate_metrics(run.run_dir / "metrics.jsonl", state.step)
     say(f"resumed from {point} at step {state.step}")
@@ -163,10 +189,11 @@ def _loop(cfg: ProjectConfig, run: RunSetup, acc: Any, wrapped: Any, runner: Ste
             if state.step % eval_every == 0 or state.step == total_steps:
                 with eager():
                     record["val_loss"] = validation_loss(acc, wrapped, run.validation, runner.pad_id,
-                                                         runner.autocast, runner.batch_size)
+                                                         runner.autocast, runner.batch_size, lockstep=runner.sharded)
                 if _early_stop(state, record["val_loss"], t.early_stopping_patience):
                     stop_reason = "early_stopping"
-            if t.answer_eval_every and state.step % t.answer_eval_every == 0 and acc.is_main_process:
+            answer_check = acc.is_main_process and not runner.sharded  # one process cannot run a sharded model
+            if t.answer_eval_every and state.step % t.answer_eval_every == 0 and answer_check:
                 from tunekit.train.answer_eval import answer_accuracy
 
                 with eager():
@@ -234,6 +261,10 @@ def _early_stop(state: TrainState, val_loss: float | None, patience: int | None)
 
 
 def _save(run: RunSetup, acc: Any, wrapped: Any, runner: StepRunner, state: TrainState) -> None:
+    if runner.sharded:
+        save_sharded_checkpoint(run.run_dir, acc, run.model, getattr(runner.opt, "optimizer", runner.opt),
+                                runner.sched, state, run.cfg.training.keep_checkpoints, peft=run.method.uses_peft)
+        return
     acc.wait_for_everyone()
     if acc.is_main_process:
         model = acc.unwrap_model(wrapped).model
@@ -242,7 +273,9 @@ def _save(run: RunSetup, acc: Any, wrapped: Any, runner: StepRunner, state: Trai
     acc.wait_for_everyone()
 
 
-def _finish(run: RunSetup, acc: Any, wrapped: Any, optimizer: Any, result: dict[str, Any]) -> None:
+def _finish(run: RunSetup, acc: Any, wrapped: Any, optimizer: Any, result: dict[str, Any],
+            full: dict[str, Any] | None) -> None:
+    """`full`: a sharded model's gathered weights (full_state), written instead of the model's own."""
     from tunekit.train.manifest import write_manifest
 
     model = acc.unwrap_model(wrapped).model
@@ -255,12 +288,12 @@ def _finish(run: RunSetup, acc: Any, wrapped: Any, optimizer: Any, result: dict[
     require_free_space(run.run_dir, saved, f"the trained {target.name}",
                        fix="free disk space, then run again with training.resume=auto")
     with atomic_dir(target, replace=True) as tmp:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), **({"state_dict": full} if full is not None else {}))
     with atomic_dir(folder.tokenizer_dir, replace=True) as tmp:
         run.tokenizer.save_pretrained(str(tmp))
     plot_loss_curve(run.run_dir / "metrics.jsonl", run.run_dir / "loss_curve.png")
     write_json_atomic(folder.summary_path, summarize(run, result))
-    write_manifest(run)
+    write_manifest(run, full)
 
 
 def summarize(run: RunSetup, result: dict[str, Any]) -> dict[str, Any]:
@@ -294,6 +327,9 @@ def summarize(run: RunSetup, result: dict[str, Any]) -> dict[str, Any]:
         "checkpoint_kept": run.kept_projections,
         "device": run.device.device.type,
         "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb_per_process": result.get("peak_rss_mb_per_process"),
+        "processes": result.get("processes", 1),
+        "sharded": result.get("sharded", False),
         "peak_gpu_mb": peak_gpu_mb(),
         "train_s": round(speed.train_seconds, 2),
         "wall_s": round(speed.elapsed, 2),
