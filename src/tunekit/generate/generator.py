@@ -77,8 +77,9 @@ class Generator:
         for name, value in (("max_batch_size", max_batch_size), ("max_batch_tokens", max_batch_tokens)):
             if value is not None and value < 1:
                 raise UserError(f"must be at least 1, got {value}", where=name)
-        self.device = pick_device(dtype, device=str(model_prep.model_device(model)))  # type: ignore[arg-type]
-        self.model = model_prep.inference_model(model, self.device.dtype)
+        place = model_prep.inference_device(model)  # a GPU when there is one, even for a model loaded on the CPU
+        self.device = pick_device(dtype, device=str(place))  # type: ignore[arg-type]
+        self.model = model_prep.inference_model(model, self.device.dtype, self.device.device)
         self.fast_linears = self._fast_linears(owned=self.model is not model)
         self.tokenizer = tokenizer
         self.eos_ids = model_prep.eos_token_ids(self.model, tokenizer)

@@ -64,19 +64,31 @@ def is_quantized(model: Any) -> bool:
     return bool(getattr(base_model(model), "is_quantized", False))
 
 
-def inference_model(model: Any, dtype: torch.dtype) -> Any:
-    """`model` itself when its weights already are `dtype` (or quantized), else a copy with them in `dtype`.
+def inference_device(model: Any) -> torch.device:
+    """Where to decode: the model's own device when it is an accelerator, else a GPU when there is one (eval
+    and serve load models on the CPU), else the CPU. Quantized weights stay where bitsandbytes put them."""
+    own = model_device(model)
+    if own.type != "cpu" or is_quantized(model) or not torch.cuda.is_available():
+        return own
+    return torch.device("cuda")
+
+
+def inference_model(model: Any, dtype: torch.dtype, device: torch.device | None = None) -> Any:
+    """`model` itself when its weights already are `dtype` on `device` (or quantized), else a copy with them in
+    `dtype` on `device` (default: the model's own).
 
     A copy rather than autocast: autocast converts every weight again on every forward, while decoding
     runs hundreds of forwards. Only parameters are converted; buffers such as rotary frequencies keep
     their precision. The copy is made through deepcopy's memo, pre-filled with the converted
     parameters, so the full-precision weights are never duplicated on the way (and tied weights stay tied).
     """
+    device = device or model_device(model)
     floating = [p for p in model.parameters() if p.is_floating_point()]
-    if is_quantized(model) or all(p.dtype == dtype for p in floating):
+    if is_quantized(model) or all(p.dtype == dtype and p.device == device for p in floating):
         return model
-    memo: dict[int, Any] = {id(p): torch.nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in floating}
-    return copy.deepcopy(model, memo).eval()
+    memo: dict[int, Any] = {id(p): torch.nn.Parameter(p.detach().to(device=device, dtype=dtype), requires_grad=False)
+                            for p in floating}
+    return copy.deepcopy(model, memo).to(device).eval()  # .to: the buffers, which deepcopy left where they were
 
 
 def convert_new_parameters(model: Any, before: set[int], dtype: torch.dtype) -> None:
