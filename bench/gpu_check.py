@@ -7,7 +7,10 @@ comparison, not by loss values:
 - `parity`: the same LoRA steps (fp32, no dropout, same rows, same initial weights) on the CPU and on the
   GPU reach the same losses, to a relative 1e-3;
 - `generation.fp32_identical`: tunekit's batched greedy generation in fp32 gives the tokens HF `generate`
-  gives for each prompt alone, on the GPU.
+  gives for each prompt alone, on the GPU;
+- `fsdp`: the parity run again under an accelerate FSDP2 config (NCCL; one process, as the machine has one
+  GPU): the same losses, a torch distributed checkpoint per save and the consolidated adapter; then the
+  run resumed from its middle checkpoint, and how far its final adapter is from the uninterrupted one's.
 Figures: the bf16 matmul rate of an 8192^3 product (the MFU denominator); useful tokens/s, MFU and peak
 GPU memory of 30-step LoRA (eager, and compiled), QLoRA and full fine-tuning runs on the benchmark's rows
 (../shared/bench/data, or --data), each as `tunekit train` runs it; generation tokens/s in bf16.
@@ -78,11 +81,12 @@ def random_model(files: Path, out: Path) -> Path:
 
 
 def train(model: Path, data: Path, work: Path, name: str, method: str, extra: list[str], steps: int,
-          env: dict[str, str] | None = None) -> dict:
+          env: dict[str, str] | None = None, fresh: bool = True) -> dict:
     """`tunekit train` on the benchmark's rows, as bench/train_throughput.py runs it; the run's summary
     and its per-step losses."""
     run = work / f"run-{name}"
-    write_splits(run, data / "synth_train.jsonl", data / "synth_eval.jsonl")
+    if fresh:
+        write_splits(run, data / "synth_train.jsonl", data / "synth_eval.jsonl")
     overrides = [*bench_overrides(run, method, steps), f"model.name={model}", *extra]
     config = work / "tunekit.yaml"
     config.write_text("project: gpu-check\n", encoding="utf-8")
@@ -92,7 +96,7 @@ def train(model: Path, data: Path, work: Path, name: str, method: str, extra: li
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path, **(env or {})})
     if proc.returncode != 0:
         return {"error": proc.stderr[-3000:]}
-    summary = json.loads(RunFolder(run).summary_path.read_text())
+    summary = {"stderr": proc.stderr} | json.loads(RunFolder(run).summary_path.read_text())
     lines = (run / "metrics.jsonl").read_text().splitlines()
     summary["losses"] = [json.loads(line)["loss"] for line in lines if '"loss"' in line]
     return summary
@@ -123,6 +127,49 @@ def parity(model: Path, data: Path, work: Path, steps: int = 4) -> dict:
             "same": worst < 1e-3}
 
 
+def fsdp(model: Path, data: Path, work: Path, unsharded_losses: list[float], steps: int = 4) -> dict:
+    """The parity run's GPU half under FSDP2 (NCCL), then resumed from its middle checkpoint."""
+    import socket
+
+    import yaml
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = work / "fsdp.yaml"
+    config.write_text(yaml.safe_dump({
+        "compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP", "num_machines": 1, "num_processes": 1,
+        "machine_rank": 0, "main_process_port": port, "mixed_precision": "no", "use_cpu": False,
+        "fsdp_config": {"fsdp_version": 2, "fsdp_reshard_after_forward": True}}), encoding="utf-8")
+    extra = ["training.dtype=fp32", "method.dropout=0.0", "training.compile=false", f"training.save_every={steps // 2}",
+             "--accelerate-config", str(config)]
+    run = work / "run-fsdp"
+    first = train(model, data, work, "fsdp", "lora", extra, steps)
+    if "error" in first:
+        return first
+    adapter = run / "adapter" / "adapter_model.safetensors"
+    middle, last = run / "checkpoints" / f"step-{steps // 2:06d}", run / "checkpoints" / f"step-{steps:06d}"
+    shards = sorted(p.name for p in (last / "sharded").glob("*.distcp"))
+    result = {"sharded": first.get("sharded"), "device": first.get("device"), "shards": shards,
+              "losses": [round(x, 5) for x in first["losses"]], "adapter_tensors": len(load_file(str(adapter))),
+              "max_rel_diff_to_unsharded": round(max(abs(a - b) / abs(a) for a, b in zip(unsharded_losses,
+                                                                                         first["losses"])), 6)}
+    uninterrupted = load_file(str(adapter))
+    import shutil  # a run killed after its middle checkpoint: the later checkpoint and the outputs never written
+
+    shutil.rmtree(last)
+    shutil.rmtree(run / "adapter")
+    RunFolder(run).summary_path.unlink()
+    resumed = train(model, data, work, "fsdp", "lora", [*extra, "--resume"], steps, fresh=False)
+    if "error" in resumed:
+        return {**result, "resume": resumed}
+    again = load_file(str(adapter))
+    result["resumed_from_middle"] = str(middle) in resumed["stderr"].replace("\n", "")
+    result["resume_max_abs_diff"] = max(float((uninterrupted[k] - again[k]).abs().max()) for k in uninterrupted)
+    return result
+
+
 def generation(model_dir: Path, data: Path, device: str, num_prompts: int = 32, new_tokens: int = 64) -> dict:
     from tunekit.generate import GenerationParams, Generator
     from tunekit.models.load import load_chat_tokenizer, load_model
@@ -142,9 +189,16 @@ def generation(model_dir: Path, data: Path, device: str, num_prompts: int = 32, 
     reference = hf_reference(model, tokenizer, [exact.render(p) for p in few], new_tokens, sorted(exact.eos_ids))
     # eval and serve load models on the CPU; the generator must still decode on the GPU (issue #23).
     on_cpu = Generator(load_model(resolved).eval(), tokenizer)
-    return {"device": str(fast.device.device), **figures,
+    return {"device": str(fast.device.device), "training_attention": attention_of(model_dir), **figures,
             "fp32_identical": sum(a == b for a, b in zip(exact_texts, reference)), "of": len(few),
             "cpu_loaded_model_decodes_on": str(on_cpu.device.device)}
+
+
+def attention_of(model_dir: Path) -> str:
+    """The attention implementation training loads the model with on this machine."""
+    from tunekit.devices import attention_implementation, pick_device
+
+    return attention_implementation(pick_device("bf16"))
 
 
 def main() -> None:
@@ -166,6 +220,9 @@ def main() -> None:
     model = random_model(args.model_files, work / "model")
     result["parity"] = parity(model, args.data, work)
     print(json.dumps({"parity": result["parity"]}), file=sys.stderr, flush=True)
+    if "gpu_losses" in result["parity"]:  # on a CPU-only machine both halves ran on the CPU
+        result["fsdp"] = fsdp(model, args.data, work, result["parity"]["gpu_losses"])
+        print(json.dumps({"fsdp": result["fsdp"]}), file=sys.stderr, flush=True)
     result["generation"] = generation(model, args.data, device)
     print(json.dumps({"generation": result["generation"]}), file=sys.stderr, flush=True)
     for name in args.runs.split(","):

@@ -64,8 +64,9 @@ def weights_hash(model: torch.nn.Module, full: dict[str, torch.Tensor] | None = 
     for name, param in sorted(model.named_parameters()):
         if param.requires_grad:
             value = full[name] if full is not None else param
+            # .cpu(): numpy reads host memory only (a GPU run failed here, after training, before this)
             digest.update(name.encode())
-            digest.update(value.detach().float().contiguous().numpy().tobytes())
+            digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
