@@ -178,6 +178,29 @@ class ServeConfig(Section):
     log_queue_size: int = Field(10_000, ge=1, description="rows waiting to be logged; more are dropped and "
                                                           "counted, so a slow disk never slows a request")
     preflight_prompts: int = Field(3, ge=0)
+    engine: Literal["tunekit", "vllm"] = Field(
+        "tunekit", description="what decodes: tunekit's own batched engine in this process, or vLLM's OpenAI "
+                               "server started beside it (CUDA only) with the runs' adapters; guardrails, "
+                               "grounding, limits and logging stay tunekit's (docs/serving.md)")
+    engine_url: str | None = Field(
+        None, description="an OpenAI-compatible server already running (vLLM on GPU nodes, say) that decodes "
+                          "for this one, e.g. http://10.0.0.5:8000/v1; its bearer key from $TUNEKIT_ENGINE_API_KEY")
+    engine_args: list[str] = Field(default_factory=list, description="extra arguments for `vllm serve`, e.g. "
+                                   "[--gpu-memory-utilization, '0.8', --tensor-parallel-size, '2']")
+
+    @field_validator("engine_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL ending in the API's root, e.g. http://host:8000/v1")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _one_engine(self) -> ServeConfig:
+        if self.engine == "vllm" and self.engine_url is not None:
+            raise ValueError("serve.engine=vllm starts vLLM here and serve.engine_url uses one already running: "
+                             "set one of them")
+        return self
 
     @property
     def input_chars_limit(self) -> int:

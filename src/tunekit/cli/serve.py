@@ -25,6 +25,11 @@ def serve(
     dtype: str = typer.Option("auto", "--dtype", help="auto (what `tunekit eval` used), fp32 or bf16"),
     strict_preflight: bool = typer.Option(False, "--strict-preflight", help="exit 1 instead of serving when "
                                           "a run does not answer as its eval recorded"),
+    engine: str | None = typer.Option(None, "--engine", help="tunekit (default: decode here) or vllm (start "
+                                      "vLLM's server with the runs' adapters; CUDA only); sets serve.engine"),
+    engine_url: str | None = typer.Option(None, "--engine-url", help="an OpenAI-compatible server already "
+                                          "running that decodes for this one, e.g. http://gpu-node:8000/v1; "
+                                          "sets serve.engine_url"),
 ) -> None:
     """Serve the model over OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models), with /health and
     Prometheus /metrics. Requests are logged to SQLite with PII redacted."""
@@ -41,7 +46,9 @@ def serve(
     if dtype not in ("auto", "fp32", "bf16"):
         raise UserError(f"--dtype {dtype} is not allowed", fix="use auto, fp32 or bf16")
     adapters = parse_adapter_specs(list(adapter))
-    cfg = serve_config(target, adapters, config, list(overrides or []))
+    overrides = [*(overrides or []), *([f"serve.engine={engine}"] if engine else []),
+                 *([f"serve.engine_url={engine_url}"] if engine_url else [])]
+    cfg = serve_config(target, adapters, config, overrides)
     host = host or cfg.serve.host
     port = cfg.serve.port if port is None else port
     # Before minutes of loading: a missing or unsafe key file, or a public port without keys.

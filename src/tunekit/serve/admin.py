@@ -63,6 +63,8 @@ def load_adapter(state: ServerState, name: str, path: str, key_id: str | None = 
         labeler = run_labeler(adapter.run_dir, adapter.cfg)  # before the weights: a failure here leaves nothing
         try:
             state.backend.load_adapter(name, adapter.adapter_dir)
+        except ApiError:  # the backend's own refusal (an engine elsewhere takes no adapters while serving)
+            raise
         except Exception as exc:  # a damaged adapter folder: the client's path, so a 400 that says what broke
             raise ApiError(400, f"The adapter in {adapter.adapter_dir} could not be loaded: {type(exc).__name__}: "
                            f"{exc}", param="lora_path") from exc

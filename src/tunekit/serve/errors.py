@@ -23,6 +23,7 @@ ERROR_TYPES = {
     429: "rate_limit_error",
     499: "client_closed_request",
     500: "server_error",
+    502: "server_error",  # the engine behind this server (serve/remote.py) failed or did not answer
     503: "server_error",
     504: "timeout",
 }

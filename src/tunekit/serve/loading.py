@@ -89,8 +89,10 @@ def check_name(name: str, where: str = "--adapter") -> str:
 
 
 def load_served(target: str, adapters: list[tuple[str, Path]], *, name: str | None = None,
-                dtype: torch.dtype = torch.float32, say: Any = print) -> ServedModels:
-    """Load `target` (a run folder or a model reference) and the `adapters` (name, run folder) on top."""
+                dtype: torch.dtype = torch.float32, say: Any = print, weights: bool = True) -> ServedModels:
+    """Load `target` (a run folder or a model reference) and the `adapters` (name, run folder) on top.
+    Without `weights` everything is resolved and checked but no model is loaded (`model` is None): another
+    engine decodes (serve/remote.py)."""
     from tunekit.models.runs import is_run
 
     runs: list[tuple[str, Path]] = []
@@ -106,9 +108,9 @@ def load_served(target: str, adapters: list[tuple[str, Path]], *, name: str | No
     if duplicates:
         raise UserError(f"model name(s) {sorted(duplicates)} given twice", fix="give each adapter its own NAME")
     if runs and RunFolder(runs[0][1]).model_dir.is_dir():
-        return _load_full_run(runs, dtype)
+        return _load_full_run(runs, dtype, weights)
     target_is_run = bool(runs) and runs[0][1] == Path(target).resolve()
-    return _load_base_and_adapters(None if target_is_run else target, runs, dtype, say)
+    return _load_base_and_adapters(None if target_is_run else target, runs, dtype, say, weights)
 
 
 def adapter_to_add(served: ServedModels, name: str, run: Path) -> ServedAdapter:
@@ -140,13 +142,19 @@ def adapter_to_add(served: ServedModels, name: str, run: Path) -> ServedAdapter:
         raise ApiError(400, exc.render(), param="lora_path") from exc
 
 
-def _load_full_run(runs: list[tuple[str, Path]], dtype: torch.dtype) -> ServedModels:
+def _load_full_run(runs: list[tuple[str, Path]], dtype: torch.dtype, weights: bool) -> ServedModels:
     from tunekit.models.runs import load_run
 
     if len(runs) > 1:
         raise UserError("adapters can only be served on a base model, not on a fully fine-tuned run",
                         where=str(runs[0][1]), fix="serve the base model and pass each adapter run as --adapter")
     name, run_dir = runs[0]
+    if not weights:
+        folder = RunFolder(run_dir)
+        tokenizer = folder.tokenizer()
+        folder.check_template(tokenizer)
+        cfg = folder.config()
+        return ServedModels(cfg.model.name, None, tokenizer, full_run=(name, run_dir), primary_cfg=cfg)
     loaded = load_run(run_dir, dtype=dtype)
     RunFolder(run_dir).check_template(loaded.tokenizer)
     return ServedModels(loaded.cfg.model.name, loaded.model, loaded.tokenizer, full_run=(name, run_dir),
@@ -154,7 +162,7 @@ def _load_full_run(runs: list[tuple[str, Path]], dtype: torch.dtype) -> ServedMo
 
 
 def _load_base_and_adapters(model_ref: str | None, runs: list[tuple[str, Path]], dtype: torch.dtype,
-                            say: Any) -> ServedModels:
+                            say: Any, weights: bool = True) -> ServedModels:
     from tunekit.models.load import load_chat_tokenizer, load_model
     from tunekit.models.resolve import resolve_model
 
@@ -169,8 +177,9 @@ def _load_base_and_adapters(model_ref: str | None, runs: list[tuple[str, Path]],
     served: dict[str, ServedAdapter] = {}
     for (name, run_dir), cfg in zip(runs, configs):
         served[name] = _checked_adapter(name, run_dir, cfg, resolved.path, tokenizer, served)
-    model = load_model(resolved, dtype=dtype, trust_remote_code=trust).eval()
-    model = _attach_adapters(model, served)
+    model = None
+    if weights:
+        model = _attach_adapters(load_model(resolved, dtype=dtype, trust_remote_code=trust).eval(), served)
     return ServedModels(resolved.name, model, tokenizer, served, primary_cfg=base_cfg, base_path=resolved.path)
 
 

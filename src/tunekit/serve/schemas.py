@@ -230,6 +230,9 @@ class CompletionRequest(SamplingFields):
     echo: no_op((False,), "only false (the prompt is not repeated)", {"const": False}) = None
     best_of: no_op((1,), "only 1", {"const": 1}) = None
     suffix: no_op(("",), 'only "" (no insertion)', {"const": ""}) = None
+    # vLLM's field: a gateway in front of an engine (serve/remote.py) sends its rendered prompt with it false.
+    add_special_tokens: no_op((False,), "only false (a prompt is read as its text, no BOS added)",
+                              {"const": False}) = None
 
 
 EmbeddingText = Annotated[str, Field(min_length=1), AfterValidator(_valid_unicode)]

@@ -168,11 +168,23 @@ def build_state(target: str, *, adapters: list[tuple[str, Path]] | tuple = (), n
     for note in keys.notes:
         say(f"warning: {note}")
     retriever = _retriever(cfg, say)
-    served = load_served(target, adapters, name=name, say=say)
+    local = cfg.serve.engine == "tunekit" and cfg.serve.engine_url is None
+    if cfg.serve.engine == "vllm":
+        from tunekit.serve.vllm import check_vllm_available
+
+        check_vllm_available()  # before anything loads
+    served = load_served(target, adapters, name=name, say=say, weights=local)
     runs = {n: (run_dir, _run_cfg(served, n, cfg)) for n, run_dir in served.runs().items()}
-    dtype, dtype_note = _choose_dtype(dtype, runs)
-    backend = _backend(served, dtype, cfg.serve.max_concurrency)
-    say(f"serving {', '.join(served.names)} in {backend.dtype_name}" + (f" ({dtype_note})" if dtype_note else ""))
+    if local:
+        dtype, dtype_note = _choose_dtype(dtype, runs)
+        backend = _backend(served, dtype, cfg.serve.max_concurrency)
+        say(f"serving {', '.join(served.names)} in {backend.dtype_name}" + (f" ({dtype_note})" if dtype_note else ""))
+    else:
+        from tunekit.serve.remote import connect_engine
+
+        backend = connect_engine(served, cfg.serve, say)
+        dtype_note = f"decoded by the engine at {backend.url}, not by tunekit's engine as in tunekit eval"
+        say(f"serving {', '.join(served.names)} through the engine at {backend.url}")
     pipeline = Pipeline(backend, guard=_guardrails(cfg, served.tokenizer), retriever=retriever,
                         grounding=Grounding.from_config(cfg), max_input_tokens=cfg.serve.max_input_tokens)
     pipeline.check_guard_constraint(say)
