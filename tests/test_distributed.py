@@ -124,7 +124,11 @@ def test_two_machines_on_loopback_match_one_machine_with_double_accumulation(tmp
         _, other_err = other.communicate(timeout=300)
     assert first.returncode == 0 and other.returncode == 0, first.stderr[-2000:] + other_err[-2000:]
     prepared = [err for err in (first.stderr, other_err) if "running `tunekit data prepare` first" in err]
-    assert len(prepared) == 1
+    encoded = [err for err in (first.stderr, other_err) if "encoded train:" in err]
+    assert len(prepared) == 1 and len(encoded) == 1  # made once, under the run folder's lock
+    # Each process read only the rows of its own micro-batches: 6 steps of 2 rows, none of the other's.
+    summary = json.loads((tmp_path / "two" / "run" / "summary.json").read_text())
+    assert summary["train_rows_read_per_process"] == [12, 12]
     one = make_project(tmp_path / "one", tiny_model_dir)
     single = tunekit("train", str(one), *settings, "training.grad_accum=2")
     assert single.returncode == 0, single.stderr[-3000:]

@@ -16,6 +16,7 @@ from tunekit.errors import UserError
 from tunekit.train.batches import Features, batch_order, collate
 from tunekit.train.checkpoint import TrainState
 from tunekit.train.loss import HeadLoss, supervised_loss_sum
+from tunekit.train.token_cache import row_lengths
 
 
 class TrainingStopped(UserError):
@@ -57,7 +58,7 @@ class StepRunner:
         self.features, self.batch_size, self.grad_accum = features, batch_size, grad_accum
         self.seed, self.group_by_length, self.pad_id = seed, group_by_length, pad_id
         self.max_grad_norm, self.autocast = max_grad_norm, autocast
-        self.lengths = [len(f) for f in features]
+        self.lengths = row_lengths(features)  # without reading the rows
         self.per_step = grad_accum * accelerator.num_processes
         self._epoch_batches: dict[int, list[list[int]]] = {}
         self.in_backward = False  # set by step_in_backward(): the optimizer already stepped during backward
@@ -186,7 +187,8 @@ def validation_loss(acc: Any, wrapped: Any, features: list[Features], pad_id: in
     if not features:
         return None
     wrapped.eval()
-    order = sorted(range(len(features)), key=lambda i: len(features[i]))
+    lengths = row_lengths(features)
+    order = sorted(range(len(features)), key=lambda i: lengths[i])
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     total, count = torch.zeros((), device=acc.device), torch.zeros((), dtype=torch.long, device=acc.device)
     mine = batches[acc.process_index :: acc.num_processes]

@@ -3,6 +3,7 @@ config and method options against the architecture (no weights), then data, then
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -10,13 +11,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from tunekit.config import ProjectConfig
-from tunekit.data.records import read_split
 from tunekit.devices import DeviceInfo, attention_implementation, pick_device
 from tunekit.runfolder import DataFolder, RunFolder
-from tunekit.train.batches import Features, encode_all
+from tunekit.train.batches import Features
 from tunekit.train.compile import compile_layers, decide_compile
 from tunekit.train.optimizers import resolve_optimizer, store_trained_weights_in
 from tunekit.train.recompute import keep_outputs_of, projection_shapes, resolve_keep
+from tunekit.train.token_cache import encoded_splits
 
 if TYPE_CHECKING:
     from tunekit.models.resolve import ResolvedModel
@@ -31,8 +32,8 @@ class RunSetup:
     model_path: Path
     tokenizer: Any
     model: torch.nn.Module
-    train: list[Features]
-    validation: list[Features]
+    train: Sequence[Features]  # token_cache.EncodedSplit: rows read on demand
+    validation: Sequence[Features]
     learning_rate: float
     optimizer: str  # resolved: never "auto"
     residuals: dict[torch.nn.Parameter, torch.Tensor]  # rounding errors of weights stored in bf16 for it
@@ -89,26 +90,27 @@ def ensure_prepared(cfg: ProjectConfig, tokenizer: Any, say: Any) -> DataFolder:
     return data
 
 
+def encoding_options(cfg: ProjectConfig) -> dict[str, Any]:
+    return {"max_seq_len": cfg.model.max_seq_len, "loss_on": cfg.data.loss_on,
+            "truncation": "truncate_left" if cfg.data.too_long == "drop" else cfg.data.too_long}
+
+
 def prepare_once(cfg: ProjectConfig, say: Any = print) -> None:
-    """Prepare the data in the launching process, so several training processes never race to write it. Under a
-    lock on the run folder: the launchers of several machines sharing it (multi-machine runs need a shared
-    filesystem) wait for the first one's data instead of writing it again."""
+    """Prepare and encode the data in the launching process, so several training processes never race to write
+    it. Under a lock on the run folder: the launchers of several machines sharing it (multi-machine runs need a
+    shared filesystem) wait for the first one's data instead of writing it again."""
     import fcntl
 
     from tunekit.models.load import load_chat_tokenizer
     from tunekit.models.resolve import resolve_model
 
     run_dir = cfg.run_path()
-    if RunFolder(run_dir).split_path("train").exists():
-        return
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".prepare.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if RunFolder(run_dir).split_path("train").exists():  # another machine's launcher made it meanwhile
-            return
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another machine's launcher may be making them: wait for its result
         trust = cfg.model.trust_remote_code
         tokenizer = load_chat_tokenizer(resolve_model(cfg.model.name, trust_remote_code=trust), trust, say=say)
-        ensure_prepared(cfg, tokenizer, say)
+        encoded_splits(ensure_prepared(cfg, tokenizer, say), tokenizer, encoding_options(cfg), say)
 
 
 def build_run(cfg: ProjectConfig, say: Any = print, validated: ValidatedMethod | None = None,
@@ -133,13 +135,8 @@ def build_run(cfg: ProjectConfig, say: Any = print, validated: ValidatedMethod |
     keep = checkpoint_keep(cfg, arch, bool(checkpointing), compile_layers_too)
     tokenizer = load_chat_tokenizer(resolved, cfg.model.trust_remote_code, say=say)
     data = ensure_prepared(cfg, tokenizer, say)
-    encode_opts = {
-        "max_seq_len": cfg.model.max_seq_len,
-        "loss_on": cfg.data.loss_on,
-        "truncation": "truncate_left" if cfg.data.too_long == "drop" else cfg.data.too_long,
-    }
-    train = encode_all(read_split(data.split_path("train")), tokenizer, **encode_opts)
-    validation = encode_all(read_split(data.split_path("validation")), tokenizer, **encode_opts)
+    splits = encoded_splits(data, tokenizer, encoding_options(cfg), say)
+    train, validation = splits["train"], splits["validation"]
     if not train:
         from tunekit.errors import UserError
 
