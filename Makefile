@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # One process by default. `make test TEST_WORKERS=2` runs two pytest-xdist workers, one test file each at a
-# time: 16 min instead of 19.5 on 2 cores, but there test_recompute's compiled-layer cache check finds no AOT
-# autograd cache activity after some other file's tests in its worker (not found yet), so CI stays serial.
+# time: 13:36 instead of 15:21 on a slow 2-core machine (2026-12-04, all passed), 16 min instead of 19.5 in an
+# earlier session, where test_recompute's compiled-layer cache check once found no AOT autograd cache activity
+# after another file's tests in its worker (cause not found), so CI stays serial until that is understood.
 TEST_WORKERS ?= 0
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
