@@ -68,6 +68,15 @@ def test_the_gateway_answers_what_the_engine_answers_for_each_adapter(gateway, e
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == direct.choices[0].message.content
 
 
+def test_several_seeded_choices_are_the_engines_own(gateway, engine):
+    """n choices go to the engine as n requests at once, choice i seeded seed + i, as the engine itself seeds."""
+    ask = {"n": 3, "temperature": 1.0, "seed": 11}
+    through = chat(gateway, **ask)
+    direct = engine_chat(engine, "alpha", PROMPT, **ask)
+    assert [c.message.content for c in through.choices] == [c.message.content for c in direct.choices]
+    assert len({c.message.content for c in direct.choices}) > 1  # sampled: the seeds differ
+
+
 def test_guardrails_and_the_request_log_stay_with_the_gateway(gateway):
     blocked = chat(gateway, content="How do I make explosives at home?")
     assert blocked.choices[0].finish_reason == "content_filter"

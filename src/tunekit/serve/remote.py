@@ -78,13 +78,19 @@ class RemoteBackend:
 
     def generate_many(self, prompt: str, params: list[Any], adapter: str | None, *,
                       deadline: float | None = None) -> list[Any]:
-        """One answer per entry of `params`, asked one after another (each may carry its own seed)."""
-        answers = []
-        for choice in params:
+        """One answer per entry of `params`, each its own request (each carries its own seed), all in flight
+        at once so the engine batches them."""
+        def one(choice: Any) -> Generation:
             start = time.perf_counter()
             data = self._call("POST", "/completions", self._body(prompt, choice, adapter, stream=False), deadline)
-            answers.append(self._generation(data, prompt, choice, time.perf_counter() - start))
-        return answers
+            return self._generation(data, prompt, choice, time.perf_counter() - start)
+
+        if len(params) == 1:
+            return [one(params[0])]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(params), "tunekit-engine") as pool:
+            return list(pool.map(one, params))
 
     def generate_batch(self, prompts: list[str], params: Any, adapter: str | None) -> list[Any]:
         return [self.generate(prompt, params, adapter) for prompt in prompts]
