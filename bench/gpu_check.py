@@ -129,18 +129,15 @@ def parity(model: Path, data: Path, work: Path, steps: int = 4) -> dict:
 
 def fsdp(model: Path, data: Path, work: Path, unsharded_losses: list[float], steps: int = 4) -> dict:
     """The parity run's GPU half under FSDP2 (NCCL), then resumed from its middle checkpoint."""
-    import socket
-
     import yaml
     from safetensors.torch import load_file
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tunekit.processes import free_port
+
     config = work / "fsdp.yaml"
     config.write_text(yaml.safe_dump({
         "compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP", "num_machines": 1, "num_processes": 1,
-        "machine_rank": 0, "main_process_port": port, "mixed_precision": "no", "use_cpu": False,
+        "machine_rank": 0, "main_process_port": free_port(), "mixed_precision": "no", "use_cpu": False,
         "fsdp_config": {"fsdp_version": 2, "fsdp_reshard_after_forward": True}}), encoding="utf-8")
     extra = ["training.dtype=fp32", "method.dropout=0.0", "training.compile=false", f"training.save_every={steps // 2}",
              "--accelerate-config", str(config)]

@@ -27,13 +27,13 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from adapter_runs import adapter_runs, stop
+from tunekit.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNEKIT = str(Path(sys.executable).with_name("tunekit"))
@@ -50,12 +50,6 @@ QUESTIONS = [
     "Can I move my account to another region for data residency reasons?",
     "The thermostat shows offline although Wi-Fi works. Any ideas?",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(target: str, port: int, overrides: list[str], adapters: list[Path],

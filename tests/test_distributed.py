@@ -2,7 +2,6 @@
 loopback, and the launcher configs tunekit refuses before any process starts."""
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from safetensors.torch import load_file
 
 from cli_helpers import started
 from train_helpers import TUNEKIT, make_project, read_metrics, tunekit
+from tunekit.processes import free_port
 
 
 def accelerate_config(path: Path, **fields) -> Path:
@@ -26,12 +26,6 @@ def accelerate_config(path: Path, **fields) -> Path:
 def fsdp_config(path: Path, **fsdp) -> Path:
     return accelerate_config(path, distributed_type="FSDP", main_process_port=free_port(),
                              fsdp_config={"fsdp_version": 2, "fsdp_reshard_after_forward": True, **fsdp})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kill_tree(proc: psutil.Popen) -> None:

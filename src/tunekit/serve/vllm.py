@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunekit.errors import UserError
+from tunekit.processes import free_port, signal_group, stop_when_parent_dies
 
 START_TIMEOUT_S = 900.0  # loading weights and capturing CUDA graphs take minutes on a large model
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's --max-lora-rank accepts
@@ -74,13 +74,13 @@ class VllmProcess:
     """vLLM's server on a free loopback port, in its own process group so it stops with this server."""
 
     def __init__(self, command_for_port: Any, say: Any = print):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         command = command_for_port("127.0.0.1", self.port)
         say("starting vLLM: " + " ".join(command))
-        self.process = subprocess.Popen(command, start_new_session=True, env={**os.environ, "VLLM_NO_USAGE_STATS": "1"})
+        # Dies with this server, even one killed with SIGKILL: an orphaned vLLM would hold the GPU.
+        self.process = subprocess.Popen(command, start_new_session=True, preexec_fn=stop_when_parent_dies(),
+                                        env={**os.environ, "VLLM_NO_USAGE_STATS": "1"})
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         import httpx
@@ -102,9 +102,9 @@ class VllmProcess:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            signal_group(self.process, signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                signal_group(self.process, signal.SIGKILL)
                 self.process.wait()

@@ -7,19 +7,16 @@ as well) starts N local processes; on CPU they talk over gloo.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunekit.errors import UserError
-
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+from tunekit.processes import signal_group, stop_when_parent_dies
 
 
 def read_accelerate_config(path: Path) -> dict[str, Any]:
@@ -109,7 +106,7 @@ def launch(config: Path, overrides: list[str], num_processes: int | None, accele
     cmd = cmd + overrides_env
     # A session of its own, so a terminal's Ctrl-C reaches the workers once, through the launcher (which stops
     # them with the signal it got), not a second time straight from the terminal while they save a checkpoint.
-    launcher = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_stop_when_parent_dies())
+    launcher = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=stop_when_parent_dies())
     try:
         return launcher.wait()
     except KeyboardInterrupt:  # SIGINT or SIGTERM here (the CLI makes both this)
@@ -122,11 +119,11 @@ def _stop(launcher: subprocess.Popen) -> int:
     try:
         _wait_unreaped(launcher)
     except KeyboardInterrupt:
-        _signal_group(launcher, signal.SIGKILL)
+        signal_group(launcher, signal.SIGKILL)
         launcher.wait()
         raise
     # A launcher that does not pass signals on (accelerate's single-process one) leaves its worker running.
-    _signal_group(launcher, signal.SIGTERM)
+    signal_group(launcher, signal.SIGTERM)
     return launcher.wait()
 
 
@@ -136,22 +133,3 @@ def _wait_unreaped(proc: subprocess.Popen) -> None:
         os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
     else:
         proc.wait()
-
-
-def _signal_group(proc: subprocess.Popen, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signum)
-
-
-def _stop_when_parent_dies() -> Callable[[], None] | None:
-    """For the launcher, to run before exec: be sent SIGTERM when `tunekit train` dies, even by SIGKILL.
-
-    Its own session shields it from a kill of the caller's process group; this still stops it then. Linux
-    only; libc is looked up here, in the parent, so the child between fork and exec only makes the call.
-    """
-    if sys.platform != "linux":
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
