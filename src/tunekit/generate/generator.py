@@ -97,9 +97,7 @@ class Generator:
 
     def render(self, messages: list[dict]) -> str:
         """The conversation in the tokenizer's own chat template, ready for the assistant's turn."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise UserError("the tokenizer has no chat template", fix="use the tokenizer saved with the run")
-        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return render_chat(self.tokenizer, messages)
 
     def generate(self, prompts: Sequence[list[dict] | str], params: GenerationParams = GenerationParams(),
                  adapter: str | None = None) -> list[Generation]:
@@ -277,3 +275,10 @@ class Generator:
                 self._select_adapter(saved[2])
             if saved[0]:
                 self.model.train(True)
+
+
+def render_chat(tokenizer: Any, messages: list[dict]) -> str:
+    """The conversation in the tokenizer's own chat template, ready for the assistant's turn."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("the tokenizer has no chat template", fix="use the tokenizer saved with the run")
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)

@@ -17,30 +17,40 @@ from tunekit.serve.errors import ApiError, model_not_found, timed_out
 from tunekit.serve.structured import unsupported
 
 
-class Backend:
-    def __init__(self, model: Any, tokenizer: Any, *, dtype: str = "auto", max_batch_size: int | None = None):
-        from tunekit.generate import BatchScheduler, Generator
+class PromptSide:
+    """What every backend does before the model: the run's chat template, token counts, the control tokens
+    that client text may not carry. The same here whichever engine decodes (this one or serve/remote.py)."""
 
-        self.generator = Generator(model, tokenizer, dtype=dtype, max_batch_size=max_batch_size)
-        self.scheduler = BatchScheduler(self.generator)
+    def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
-        self.context_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         self.control_tokens = control_tokens(tokenizer)
-
-    @property
-    def dtype_name(self) -> str:
-        return self.generator.device.dtype_name
 
     def render(self, messages: list[dict[str, str]]) -> str:
         from jinja2.exceptions import TemplateError
 
+        from tunekit.generate.generator import render_chat
+
         try:
-            return self.generator.render(messages)
+            return render_chat(self.tokenizer, messages)
         except TemplateError as exc:  # e.g. a template that insists on alternating user/assistant turns
             raise ApiError(400, f"The model's chat template rejects these messages: {exc}", param="messages") from exc
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class Backend(PromptSide):
+    def __init__(self, model: Any, tokenizer: Any, *, dtype: str = "auto", max_batch_size: int | None = None):
+        from tunekit.generate import BatchScheduler, Generator
+
+        super().__init__(tokenizer)
+        self.generator = Generator(model, tokenizer, dtype=dtype, max_batch_size=max_batch_size)
+        self.scheduler = BatchScheduler(self.generator)
+        self.context_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+    @property
+    def dtype_name(self) -> str:
+        return self.generator.device.dtype_name
 
     def generate(self, prompt: str, params: Any, adapter: str | None, *, deadline: float | None = None) -> Any:
         """One answer, decoded in the scheduler's batch; a 504 once `deadline` (time.perf_counter()) passes."""

@@ -149,16 +149,14 @@ def _load_full_run(runs: list[tuple[str, Path]], dtype: torch.dtype, weights: bo
         raise UserError("adapters can only be served on a base model, not on a fully fine-tuned run",
                         where=str(runs[0][1]), fix="serve the base model and pass each adapter run as --adapter")
     name, run_dir = runs[0]
-    if not weights:
-        folder = RunFolder(run_dir)
-        tokenizer = folder.tokenizer()
-        folder.check_template(tokenizer)
-        cfg = folder.config()
-        return ServedModels(cfg.model.name, None, tokenizer, full_run=(name, run_dir), primary_cfg=cfg)
-    loaded = load_run(run_dir, dtype=dtype)
-    RunFolder(run_dir).check_template(loaded.tokenizer)
-    return ServedModels(loaded.cfg.model.name, loaded.model, loaded.tokenizer, full_run=(name, run_dir),
-                        primary_cfg=loaded.cfg)
+    folder = RunFolder(run_dir)
+    if weights:
+        loaded = load_run(run_dir, dtype=dtype)
+        model, tokenizer, cfg = loaded.model, loaded.tokenizer, loaded.cfg
+    else:
+        model, tokenizer, cfg = None, folder.tokenizer(), folder.config()
+    folder.check_template(tokenizer)
+    return ServedModels(cfg.model.name, model, tokenizer, full_run=(name, run_dir), primary_cfg=cfg)
 
 
 def _load_base_and_adapters(model_ref: str | None, runs: list[tuple[str, Path]], dtype: torch.dtype,

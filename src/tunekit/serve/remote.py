@@ -18,14 +18,14 @@ from typing import Any
 
 from tunekit.errors import UserError
 from tunekit.generate.types import Generation, TokenLogprob, TopLogprob
-from tunekit.serve.backend import control_tokens
+from tunekit.serve.backend import PromptSide
 from tunekit.serve.errors import ApiError, timed_out
 
 KEY_ENV = "TUNEKIT_ENGINE_API_KEY"  # the engine's bearer key; never read from a config, which runs copy
 MAX_LOGPROBS = 5  # OpenAI's limit for /v1/completions, which an engine may hold to (vLLM allows 20)
 
 
-class RemoteBackend:
+class RemoteBackend(PromptSide):
     """What `Backend` offers the pipeline, with generation sent to `url` (the API root, `.../v1`)."""
 
     def __init__(self, url: str, tokenizer: Any, names: dict[str | None, str], *, context_length: int | None,
@@ -33,15 +33,14 @@ class RemoteBackend:
         """`names`: adapter (None for the model itself) -> the engine's name for it."""
         import httpx
 
+        super().__init__(tokenizer)
         key = os.environ.get(KEY_ENV)
         self.url = url
         self.client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"} if key else {},
                                    timeout=httpx.Timeout(timeout_s, connect=10.0),
                                    limits=httpx.Limits(max_connections=max_connections + 4))
-        self.tokenizer = tokenizer
         self.names = names
         self.context_length = context_length
-        self.control_tokens = control_tokens(tokenizer)
         self._on_close = on_close
 
     dtype_name = "engine"  # whatever the engine decodes in; preflight then allows no rounding ties
@@ -59,17 +58,6 @@ class RemoteBackend:
                             where="serve.engine_url", fix="start the engine with these names (vLLM: "
                             "--served-model-name for the model, --lora-modules NAME=PATH for each adapter)")
 
-    def render(self, messages: list[dict[str, str]]) -> str:
-        from jinja2.exceptions import TemplateError
-
-        try:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except TemplateError as exc:
-            raise ApiError(400, f"The model's chat template rejects these messages: {exc}", param="messages") from exc
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def check(self, prompt: str, params: Any, adapter: str | None) -> None:
         """Nothing to refuse ahead: the engine says what it cannot enforce when asked."""
 
@@ -83,7 +71,11 @@ class RemoteBackend:
         def one(choice: Any) -> Generation:
             start = time.perf_counter()
             data = self._call("POST", "/completions", self._body(prompt, choice, adapter, stream=False), deadline)
-            return self._generation(data, prompt, choice, time.perf_counter() - start)
+            answer = data["choices"][0]
+            return self.generation(prompt, answer.get("text") or "", choice, data.get("usage") or {},
+                                   answer.get("finish_reason"), time.perf_counter() - start,
+                                   logprobs=token_logprobs(answer.get("logprobs")) if choice.logprobs is not None
+                                   else None)
 
         if len(params) == 1:
             return [one(params[0])]
@@ -135,7 +127,7 @@ class RemoteBackend:
             raise timed_out()
         try:
             response = self.client.request(method, path, json=body,
-                                           **({"timeout": timeout} if timeout is not None else {}))
+                                           timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
         except httpx.TimeoutException:
             raise timed_out() from None
         except httpx.HTTPError as exc:
@@ -144,15 +136,14 @@ class RemoteBackend:
             raise engine_error(response.status_code, response.text)
         return response.json()
 
-    def _generation(self, data: dict[str, Any], prompt: str, params: Any, seconds: float) -> Generation:
-        choice = data["choices"][0]
-        text = choice.get("text") or ""
-        usage = data.get("usage") or {}
+    def generation(self, prompt: str, text: str, params: Any, usage: dict[str, Any], finish_reason: str | None,
+                   seconds: float, ttft_s: float | None = None, logprobs: Any = None) -> Generation:
+        """The engine's answer as tunekit's Generation; token counts from its usage, else counted here."""
         return Generation(
             text=text, prompt_tokens=usage.get("prompt_tokens") or self.count_tokens(prompt),
             completion_tokens=usage.get("completion_tokens") or self.count_tokens(text),
-            finish_reason="length" if choice.get("finish_reason") == "length" else "stop", latency_s=seconds,
-            ttft_s=seconds, logprobs=token_logprobs(choice.get("logprobs")) if params.logprobs is not None else None,
+            finish_reason="length" if finish_reason == "length" else "stop", latency_s=seconds,
+            ttft_s=ttft_s or seconds, logprobs=logprobs,
             constraint=params.constraint.describe() if params.constraint is not None else None)
 
 
@@ -161,10 +152,9 @@ class RemoteStream:
     the connection, which makes the engine drop the request (vLLM aborts on disconnect)."""
 
     def __init__(self, backend: RemoteBackend, body: dict[str, Any], prompt: str, params: Any):
-        self.backend, self.body, self.prompt = backend, body, prompt
-        self.constraint = params.constraint.describe() if params.constraint is not None else None
+        self.backend, self.body, self.prompt, self.params = backend, body, prompt, params
         self.pieces: list[str] = []
-        self.finish_reason = "stop"
+        self.finish_reason: str | None = None
         self.usage: dict[str, Any] = {}
         self.started = time.perf_counter()
         self.first_piece_s: float | None = None
@@ -197,21 +187,15 @@ class RemoteStream:
             raise engine_error(502, json.dumps(event))
         self.usage = event.get("usage") or self.usage
         for choice in event.get("choices") or []:
-            if choice.get("finish_reason"):
-                self.finish_reason = "length" if choice["finish_reason"] == "length" else "stop"
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
             if choice.get("text"):
                 self.first_piece_s = self.first_piece_s or time.perf_counter() - self.started
                 self.pieces.append(choice["text"])
                 yield choice["text"]
 
     def result(self, timeout: float | None = None) -> Generation:
-        text = "".join(self.pieces)
-        seconds = time.perf_counter() - self.started
-        return Generation(
-            text=text, prompt_tokens=self.usage.get("prompt_tokens") or self.backend.count_tokens(self.prompt),
-            completion_tokens=self.usage.get("completion_tokens") or self.backend.count_tokens(text),
-            finish_reason=self.finish_reason, latency_s=seconds, ttft_s=self.first_piece_s or seconds,
-            constraint=self.constraint)
+        return self.backend.generation(self.prompt, "".join(self.pieces), self.params, self.usage,
+                                       self.finish_reason, time.perf_counter() - self.started, self.first_piece_s)
 
     def cancel(self) -> None:
         self._cancelled = True
