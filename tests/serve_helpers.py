@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
 import openai
+import pytest
 
 from train_helpers import color_rows
+from tunekit.serve.server import serve_in_thread
 from tunekit.serve.state import build_state
 
 KEY = "sk-test-abc123"
@@ -88,6 +92,27 @@ def start(project: SimpleNamespace, *overrides: str, adapters=None):
     return build_state(str(project.alpha), adapters=adapters, name="alpha", say=lambda *_: None,
                        overrides=[f"serve.log_db={project.root / 'requests.db'}", "serve.max_tokens_limit=16",
                                   "serve.max_body_bytes=20000", *overrides])
+
+
+@contextmanager
+def running(project, *overrides: str, env: dict[str, str | None], adapters=None, target: str | None = None) -> Iterator:
+    """A real server on loopback for `project` (alpha, and beta unless `adapters` say otherwise) or `target`,
+    with `env` set (None: unset) while it starts, since keys are read then; closed afterwards."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            if value is None:
+                patch.delenv(name, raising=False)
+            else:
+                patch.setenv(name, value)
+        if target is None:
+            state = start(project, *overrides, adapters=adapters)
+        else:
+            state = build_state(target, say=lambda *_: None, overrides=list(overrides))
+    try:
+        with serve_in_thread(state) as server:
+            yield server
+    finally:
+        state.close()
 
 
 def client(server, key: str | None = KEY) -> openai.OpenAI:

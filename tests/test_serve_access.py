@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from cli_helpers import run_in_process
-from serve_helpers import KEY, assert_openai_error, client, post, start, write_project
+from serve_helpers import KEY, assert_openai_error, client, post, running, write_project
 from train_helpers import color_rows
 from tunekit.config import load_config
 from tunekit.config_stages import ServeConfig
@@ -42,13 +42,9 @@ def key_file(folder: Path, *lines: str, mode: int = 0o600) -> Path:
 @contextmanager
 def serving(project, tmp_path: Path, *overrides: str) -> Iterator:
     """alpha alone, no preflight (these tests are about access, not answers), its own request log."""
-    state = start(project, f"serve.log_db={tmp_path / 'requests.db'}", "serve.preflight_prompts=0", *overrides,
-                  adapters=[])
-    try:
-        with serve_in_thread(state) as server:
-            yield server
-    finally:
-        state.close()
+    with running(project, f"serve.log_db={tmp_path / 'requests.db'}", "serve.preflight_prompts=0", *overrides,
+                 env={}, adapters=[]) as server:
+        yield server
 
 
 def models(server, key: str | None = KEY, forwarded_for: str | None = None) -> httpx.Response:

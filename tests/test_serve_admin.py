@@ -19,12 +19,10 @@ import openai
 import pytest
 import torch
 
-from serve_helpers import KEY, PROMPT, assert_openai_error, chat, client, post, start
+from serve_helpers import KEY, PROMPT, assert_openai_error, chat, client, post, running
 from tunekit.errors import ConfigError
 from tunekit.generate import GenerationParams, Generator
 from tunekit.serve.embeddings import EMBEDDING_MODEL_ID
-from tunekit.serve.server import serve_in_thread
-from tunekit.serve.state import build_state
 
 ADMIN_KEY = "sk-admin-test-789"
 LOAD, UNLOAD = "/v1/load_lora_adapter", "/v1/unload_lora_adapter"
@@ -34,24 +32,12 @@ LOAD, UNLOAD = "/v1/load_lora_adapter", "/v1/unload_lora_adapter"
 def serving(project, tmp_path: Path, *overrides: str, adapters=(), admin_keys: str | None = ADMIN_KEY,
             target: str | None = None) -> Iterator:
     """A server with $TUNEKIT_API_KEYS (and $TUNEKIT_ADMIN_KEYS) set while it starts: alpha alone by default."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TUNEKIT_API_KEYS", KEY)
-        if admin_keys:
-            patch.setenv("TUNEKIT_ADMIN_KEYS", admin_keys)
-        else:
-            patch.delenv("TUNEKIT_ADMIN_KEYS", raising=False)
-        # The module's tests share one key on one server for minutes: with the default 120 requests a minute, a
-        # fast machine's later tests met 429s (rate limits have their own tests in test_serve_access.py).
-        settings = [f"serve.log_db={tmp_path / 'requests.db'}", "serve.rate_limit_per_minute=100000", *overrides]
-        if target is None:
-            state = start(project, *settings, adapters=list(adapters))
-        else:
-            state = build_state(target, say=lambda *_: None, overrides=settings)
-    try:
-        with serve_in_thread(state) as server:
-            yield server
-    finally:
-        state.close()
+    # The module's tests share one key on one server for minutes: with the default 120 requests a minute, a
+    # fast machine's later tests met 429s (rate limits have their own tests in test_serve_access.py).
+    settings = [f"serve.log_db={tmp_path / 'requests.db'}", "serve.rate_limit_per_minute=100000", *overrides]
+    with running(project, *settings, env={"TUNEKIT_API_KEYS": KEY, "TUNEKIT_ADMIN_KEYS": admin_keys or None},
+                 adapters=list(adapters), target=target) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

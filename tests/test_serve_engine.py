@@ -13,32 +13,25 @@ from pathlib import Path
 
 import pytest
 
-from serve_helpers import KEY, PROMPT, assert_openai_error, chat, client, post, start
+from serve_helpers import KEY, PROMPT, assert_openai_error, chat, client, post, running, start
 from train_helpers import tunekit
 from tunekit.errors import UserError
-from tunekit.serve.server import serve_in_thread
 
 ENGINE_KEY = "sk-engine-456"
 
 
 @contextmanager
-def running(project, *overrides: str, env: dict[str, str], adapters=None) -> Iterator:
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        state = start(project, "serve.rate_limit_per_minute=100000", *overrides, adapters=adapters)
-    try:
-        with serve_in_thread(state) as server:
-            yield server
-    finally:
-        state.close()
+def running_fast(project, *overrides: str, env: dict[str, str | None], adapters=None) -> Iterator:
+    """`running`, without the per-key rate limit: these tests share keys across servers for a while."""
+    with running(project, "serve.rate_limit_per_minute=100000", *overrides, env=env, adapters=adapters) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def engine(serve_project, tmp_path_factory):
     """alpha and beta decoded by tunekit's engine, behind a key of its own, no guardrails."""
     log = tmp_path_factory.mktemp("engine") / "engine.db"
-    with running(serve_project, f"serve.log_db={log}", env={"TUNEKIT_API_KEYS": ENGINE_KEY}) as server:
+    with running_fast(serve_project, f"serve.log_db={log}", env={"TUNEKIT_API_KEYS": ENGINE_KEY}) as server:
         yield server
 
 
@@ -46,7 +39,7 @@ def engine(serve_project, tmp_path_factory):
 def gateway(serve_project, engine, tmp_path_factory):
     """The same runs served through `engine`, with guardrails (a denied topic) and grounding on the index."""
     log = tmp_path_factory.mktemp("gateway") / "gateway.db"
-    with running(serve_project, f"serve.log_db={log}", f"serve.engine_url={engine.base_url}",
+    with running_fast(serve_project, f"serve.log_db={log}", f"serve.engine_url={engine.base_url}",
                  "guard.enabled=true", "guard.denied_topics=[explosives]", "guard.input=[denied_topics]",
                  env={"TUNEKIT_API_KEYS": KEY, "TUNEKIT_ENGINE_API_KEY": ENGINE_KEY}) as server:
         yield server
@@ -97,7 +90,7 @@ def test_decoding_constraints_travel_to_the_engine(gateway):
 
 def test_adapters_cannot_be_loaded_into_an_engine_while_it_serves(serve_project, engine, tmp_path):
     env = {"TUNEKIT_API_KEYS": KEY, "TUNEKIT_ENGINE_API_KEY": ENGINE_KEY, "TUNEKIT_ADMIN_KEYS": "sk-admin-1"}
-    with running(serve_project, f"serve.log_db={tmp_path / 'r.db'}", f"serve.engine_url={engine.base_url}",
+    with running_fast(serve_project, f"serve.log_db={tmp_path / 'r.db'}", f"serve.engine_url={engine.base_url}",
                  env=env) as server:
         body = json.dumps({"lora_name": "gamma", "lora_path": str(serve_project.beta)})
         error = assert_openai_error(post(server, "/v1/load_lora_adapter", body, key="sk-admin-1"), 409)

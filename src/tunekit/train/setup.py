@@ -3,7 +3,6 @@ config and method options against the architecture (no weights), then data, then
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -13,11 +12,10 @@ import torch
 from tunekit.config import ProjectConfig
 from tunekit.devices import DeviceInfo, attention_implementation, pick_device
 from tunekit.runfolder import DataFolder, RunFolder
-from tunekit.train.batches import Features
 from tunekit.train.compile import compile_layers, decide_compile
 from tunekit.train.optimizers import resolve_optimizer, store_trained_weights_in
 from tunekit.train.recompute import keep_outputs_of, projection_shapes, resolve_keep
-from tunekit.train.token_cache import encoded_splits
+from tunekit.train.token_cache import EncodedSplit, encoded_splits
 
 if TYPE_CHECKING:
     from tunekit.models.resolve import ResolvedModel
@@ -32,8 +30,8 @@ class RunSetup:
     model_path: Path
     tokenizer: Any
     model: torch.nn.Module
-    train: Sequence[Features]  # token_cache.EncodedSplit: rows read on demand
-    validation: Sequence[Features]
+    train: EncodedSplit  # rows read on demand
+    validation: EncodedSplit
     learning_rate: float
     optimizer: str  # resolved: never "auto"
     residuals: dict[torch.nn.Parameter, torch.Tensor]  # rounding errors of weights stored in bf16 for it

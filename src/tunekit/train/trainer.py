@@ -117,7 +117,7 @@ def train(cfg: ProjectConfig, say: Any = print, progress: Any = None,
     peaks = acc.gather(torch.tensor([peak_rss_mb()], dtype=torch.float64, device=acc.device))
     result |= {"processes": acc.num_processes, "sharded": fsdp is not None}
     result["peak_rss_mb_per_process"] = [round(float(x), 1) for x in peaks.reshape(-1).tolist()]
-    read = acc.gather(torch.tensor([getattr(run.train, "rows_read", -1)], device=acc.device))
+    read = acc.gather(torch.tensor([run.train.rows_read], device=acc.device))
     result["train_rows_read_per_process"] = [int(x) for x in read.reshape(-1).tolist()]  # each its own shard
     # Sharded weights are gathered by every process together; the main process writes them.
     full = full_state(run.model, trainable=run.method.uses_peft) if fsdp is not None else None
