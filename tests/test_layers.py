@@ -17,7 +17,7 @@ SOURCE = Path(tunekit.__file__).parent
 # Lowest first. A top-level package or module of `tunekit` belongs to exactly one layer.
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "errors", "quiet", "console"),  # the leaves: error types, logging noise, consoles
-    ("io", "devices"),  # atomic writes, hashes; the one place that knows devices and dtypes
+    ("io", "devices", "processes"),  # atomic writes, hashes; devices and dtypes; child processes to stop
     ("gates",),  # success criteria as text: `metric op threshold`
     ("config_stages",),  # the config's later-stage sections
     ("config", "secrets"),  # the one typed config; API keys, which never go in it
